@@ -1,0 +1,3 @@
+from .cli import droplora
+
+droplora(prog_name="python -m axolotl_droplora")

@@ -1,0 +1,84 @@
+"""The YAML keys of `adapter: droplora`, merged by Axolotl into its config schema."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from .rank_dropout import check_rank_dropout_args
+
+ADAPTER = "droplora"
+DEFAULT_RANK_DROPOUT = 0.3
+FUSED_LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
+
+
+class DropLoRAArgs(BaseModel):
+    """Keys for the DropLoRA plugin (`plugins: [axolotl_droplora.DropLoRAPlugin]`)."""
+
+    # None means "not set", so that a re-validated dump of an `adapter: lora` config does not
+    # look as if the user had set these keys; the plugin fills in the defaults.
+    droplora_rank_dropout: float | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "DropLoRA pruning rate p in [0, 1): the probability that a rank "
+            "channel of A·x is dropped in a training step. The paper recommends 0.3; the "
+            "authors' main commonsense runs used 0.5. 0 is plain LoRA. Default 0.3."
+        },
+    )
+    droplora_mask_mode: Literal["element", "sequence", "batch"] | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "Shape of the mask: `element` (per token and channel, the authors' "
+            "nn.Dropout), `sequence` (one per sequence), `batch` (one per forward, Eq. 2). Default element."
+        },
+    )
+    droplora_rescale: bool | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "Scale kept channels by 1/(1-p) in training (as nn.Dropout does); "
+            "false keeps them at 1, so the train-time update is smaller in expectation. Default true."
+        },
+    )
+
+    @field_validator("droplora_rank_dropout", mode="before")
+    @classmethod
+    def _p_in_range(cls, p):
+        if p is None:
+            return p
+        try:
+            check_rank_dropout_args(p, "element")
+        except ValueError as err:
+            raise ValueError(f"droplora_rank_dropout: {err}") from None
+        return p
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fits_the_rest_of_the_config(cls, data):
+        if not isinstance(data, dict):
+            return data
+        adapter = data.get("adapter")
+        own_keys = sorted(key for key in data if key.startswith("droplora_") and data[key] is not None)
+        if own_keys and adapter != ADAPTER:
+            raise ValueError(
+                f"{', '.join(own_keys)} set, but `adapter: {adapter}` does not use "
+                f"{'it' if len(own_keys) == 1 else 'them'}: set `adapter: {ADAPTER}` to train "
+                f"with rank dropout, or remove {', '.join(own_keys)}"
+            )
+        if adapter != ADAPTER:
+            return data
+        for key in ("load_in_4bit", "load_in_8bit"):
+            if data.get(key):
+                raise ValueError(
+                    f"`{key}: true` is not supported with `adapter: {ADAPTER}` yet: Axolotl 0.19 "
+                    f"builds the quantization config only for lora/qlora, so the base model would "
+                    f"load unquantized. Remove {key}, or use `adapter: qlora` without rank dropout."
+                )
+        for key in FUSED_LORA_KERNELS:
+            if data.get(key):
+                raise ValueError(
+                    f"`{key}: true` fuses the LoRA matmuls into one kernel that never calls "
+                    f"lora_A, so rank dropout would silently not run: set `{key}: false` "
+                    f"with `adapter: {ADAPTER}`."
+                )
+        return data

@@ -1,0 +1,146 @@
+"""The embedded default model and task: built locally, since no model hub is reachable.
+
+`make_demo(dir)` writes a tiny Llama-architecture model with its own byte-level BPE tokenizer,
+an arithmetic word-problem task in Alpaca JSONL (train and held-out splits with unique answers),
+and a ready `droplora.yml` that trains it through Axolotl.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import yaml
+
+TINY_LLAMA = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    tie_word_embeddings=False,
+)
+VOCAB_SIZE = 1024
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n\n### Response:\n"
+)
+OPERATIONS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
+
+
+def arithmetic_problems(n: int, seed: int) -> list[dict]:
+    """`n` distinct Alpaca records "What is A <op> B?" -> "A <op> B = C. The answer is C."."""
+    rng = random.Random(seed)
+    seen, records = set(), []
+    while len(records) < n:
+        a, b, op = rng.randint(2, 60), rng.randint(2, 60), rng.choice(sorted(OPERATIONS))
+        if (a, op, b) in seen:
+            continue
+        seen.add((a, op, b))
+        answer = OPERATIONS[op](a, b)
+        symbol = {"plus": "+", "minus": "-", "times": "*"}[op]
+        records.append(
+            {
+                "instruction": f"What is {a} {op} {b}?",
+                "input": "",
+                "output": f"{a} {symbol} {b} = {answer}. The answer is {answer}.",
+                "answer": str(answer),
+            }
+        )
+    return records
+
+
+def build_tokenizer(texts: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+
+
+def build_tiny_llama(tokenizer, seed: int = 0, **overrides):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **{**TINY_LLAMA, **overrides},
+    )
+    return LlamaForCausalLM(config)
+
+
+def demo_config(demo_dir: Path) -> dict:
+    """The Axolotl recipe for the demo: DropLoRA with the paper's layer targets."""
+    return {
+        "base_model": str(demo_dir / "model"),
+        "plugins": ["axolotl_droplora.DropLoRAPlugin"],
+        "adapter": "droplora",
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "lora_target_modules": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+        "droplora_rank_dropout": 0.3,
+        "droplora_mask_mode": "element",
+        "datasets": [{"path": str(demo_dir / "data" / "train.jsonl"), "ds_type": "json", "type": "alpaca"}],
+        "dataset_prepared_path": str(demo_dir / "prepared"),
+        "val_set_size": 0,
+        "sequence_len": 128,
+        "micro_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "max_steps": 30,
+        "learning_rate": 0.002,
+        "lr_scheduler": "linear",
+        "warmup_steps": 3,
+        "optimizer": "adamw_torch",
+        "train_on_inputs": False,
+        "logging_steps": 5,
+        "save_strategy": "no",
+        "seed": 42,
+        "output_dir": str(demo_dir / "out"),
+    }
+
+
+def make_demo(demo_dir: str | Path, n_train: int = 400, n_heldout: int = 40) -> Path:
+    """Write model/, data/{train,heldout}.jsonl and droplora.yml under `demo_dir` (idempotent)."""
+    demo_dir = Path(demo_dir).resolve()
+    problems = arithmetic_problems(n_train + n_heldout, seed=1234)
+    splits = {"train": problems[:n_train], "heldout": problems[n_train:]}
+    (demo_dir / "data").mkdir(parents=True, exist_ok=True)
+    for split, records in splits.items():
+        with open(demo_dir / "data" / f"{split}.jsonl", "w") as out:
+            out.writelines(json.dumps(record) + "\n" for record in records)
+
+    model_dir = demo_dir / "model"
+    if not (model_dir / "config.json").is_file():
+        tokenizer = build_tokenizer(
+            [f"{r['instruction']} {r['output']}" for r in problems]
+            # the Alpaca preamble Axolotl prepends, so it tokenizes to a few merged tokens
+            + [ALPACA_PREAMBLE] * 50
+        )
+        model = build_tiny_llama(tokenizer)
+        # write into a scratch folder and rename, so an interrupted build is never mistaken
+        # for a finished model by the check above
+        scratch = demo_dir / "model.partial"
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        scratch.rename(model_dir)
+
+    with open(demo_dir / "droplora.yml", "w") as out:
+        out.write("# DropLoRA on the embedded tiny demo model; made by `axolotl droplora make-demo`\n")
+        yaml.safe_dump(demo_config(demo_dir), out, sort_keys=False)
+    return demo_dir / "droplora.yml"

@@ -1,0 +1,147 @@
+"""Rank dropout: DropLoRA's random mask between LoRA's A and B.
+
+    h = W0·x + s · B · (M ⊙ (A · dropout(x)))       s = lora_alpha / r   (α / √r with rsLoRA)
+
+Shapes: x (batch, tokens, d_in), A (r, d_in), B (d_out, r), A·x (batch, tokens, r).
+Each entry of M keeps its rank channel with probability 1 − p and is 0 otherwise; kept entries
+are 1/(1 − p) (so E[M] = 1) unless rescaling is off, then 1. M is drawn afresh at every forward
+in training mode; in eval mode M = 1, so the model is plain LoRA and merges as plain LoRA.
+
+The shape of M (broadcast over A·x) is the mask mode:
+  element   (batch, tokens, r)  per token and rank channel: `nn.Dropout(p)` on A·x, exactly
+                                what the authors' released code does (the default)
+  sequence  (batch, 1, r)       one mask per sequence (per packed row with sample packing),
+                                shared by all its tokens
+  batch     (r,)                one mask per forward, shared by the whole batch: the paper's
+                                Eq. 2 with M ∈ {0,1}^r; dropped channels get exactly zero
+                                gradient in that step
+
+The mask is applied by a forward hook on each `lora_A[adapter]` module, with the `RankDropout`
+module registered as its child so that `model.train()` / `model.eval()` reach it and
+`print(model)` shows it. It owns no parameter or buffer: the state dict, and so the saved
+adapter, is exactly PEFT's LoRA.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+MASK_MODES = ("element", "sequence", "batch")
+
+
+def check_rank_dropout_args(p: float, mask_mode: str) -> None:
+    """Raise ValueError naming the bad argument; shared by the API, the plugin and TRL."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ValueError(
+            f"rank dropout p must be a number in [0, 1) (the fraction of rank channels "
+            f"dropped per step; the paper recommends 0.3), got {p!r}"
+        )
+    if mask_mode not in MASK_MODES:
+        raise ValueError(
+            f"unknown rank dropout mask mode {mask_mode!r}; choose one of {', '.join(MASK_MODES)}"
+        )
+
+
+class RankDropout(nn.Module):
+    """M ⊙ (A·x) in training, identity in eval (see the module docstring)."""
+
+    def __init__(self, p: float, mask_mode: str = "element", rescale: bool = True):
+        super().__init__()
+        check_rank_dropout_args(p, mask_mode)
+        self.p = float(p)
+        self.mask_mode = mask_mode
+        self.rescale = rescale
+
+    def forward(self, a_x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return a_x
+        if self.mask_mode == "element" and self.rescale:
+            # the fused kernel, and the very masks nn.Dropout would draw from the same seed
+            return F.dropout(a_x, self.p, training=True)
+        keep = a_x.new_empty(self.mask_shape(a_x)).bernoulli_(1 - self.p)
+        if self.rescale:
+            keep.div_(1 - self.p)
+        return a_x * keep
+
+    def mask_shape(self, a_x: torch.Tensor) -> tuple[int, ...]:
+        rank = a_x.shape[-1]
+        if self.mask_mode == "element":
+            return tuple(a_x.shape)
+        if self.mask_mode == "sequence":
+            return (a_x.shape[0],) + (1,) * (a_x.dim() - 2) + (rank,)
+        return (rank,)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mask_mode={self.mask_mode}, rescale={self.rescale}"
+
+
+def _apply_rank_dropout(lora_a: nn.Module, _inputs, a_x: torch.Tensor) -> torch.Tensor:
+    return lora_a.rank_dropout(a_x)
+
+
+def _lora_a_modules(model: nn.Module, adapter_names: list[str] | None = None):
+    """(qualified name, lora_A module) for every LoRA layer and adapter of `model`."""
+    for layer_name, layer in model.named_modules():
+        if isinstance(layer, LoraLayer):
+            for adapter, lora_a in layer.lora_A.items():
+                if adapter_names is None or adapter in adapter_names:
+                    yield f"{layer_name}.lora_A.{adapter}", lora_a
+
+
+def install_rank_dropout(
+    model: nn.Module,
+    p: float,
+    mask_mode: str = "element",
+    rescale: bool = True,
+    adapter_names: list[str] | None = None,
+) -> list[str]:
+    """Put rank dropout on every LoRA layer of a PEFT model (re-configuring any already there).
+
+    Works on any PEFT LoRA model (nn.Linear, DoRA, bitsandbytes layers: all of them call
+    `lora_A`). Returns the names of the `lora_A` modules it hooked.
+    """
+    check_rank_dropout_args(p, mask_mode)
+    targets = list(_lora_a_modules(model, adapter_names))
+    if not targets:
+        raise ValueError(
+            f"rank dropout needs a PEFT LoRA model, but {type(model).__name__} has no LoRA layer"
+            + (f" for adapter(s) {adapter_names}" if adapter_names else "")
+            + ": wrap it first with peft.get_peft_model(model, LoraConfig(...))"
+        )
+    for _, lora_a in targets:
+        _uninstall(lora_a)
+        lora_a.rank_dropout = RankDropout(p, mask_mode, rescale).train(lora_a.training)
+        lora_a.register_forward_hook(_apply_rank_dropout)
+    return [name for name, _ in targets]
+
+
+def remove_rank_dropout(model: nn.Module) -> int:
+    """Take rank dropout off every LoRA layer; returns how many were removed."""
+    removed = 0
+    for _, lora_a in _lora_a_modules(model):
+        removed += _uninstall(lora_a)
+    return removed
+
+
+def installed_rank_dropout(model: nn.Module) -> dict[str, RankDropout]:
+    """The rank dropout modules on `model`, by the name of the `lora_A` module they act on."""
+    return {
+        name: lora_a.rank_dropout
+        for name, lora_a in _lora_a_modules(model)
+        if isinstance(getattr(lora_a, "rank_dropout", None), RankDropout)
+    }
+
+
+def _uninstall(lora_a: nn.Module) -> bool:
+    if not isinstance(getattr(lora_a, "rank_dropout", None), RankDropout):
+        return False
+    # found by identity rather than through a stored handle, which a deepcopy would leave
+    # pointing at the original module's hooks
+    for hook_id, hook in list(lora_a._forward_hooks.items()):
+        if hook is _apply_rank_dropout:
+            del lora_a._forward_hooks[hook_id]
+    del lora_a.rank_dropout
+    return True

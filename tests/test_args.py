@@ -1,0 +1,71 @@
+"""The YAML keys through Axolotl's own config loading (axolotl_droplora/args.py)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from axolotl_droplora.demo import demo_config
+
+
+def load(tmp_path, demo_dir, **overrides):
+    from axolotl.cli.config import load_cfg
+
+    config = {**demo_config(demo_dir), "output_dir": str(tmp_path / "out"), **overrides}
+    config = {key: value for key, value in config.items() if value is not None}
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    return load_cfg(str(path))
+
+
+def error_of(tmp_path, demo_dir, **overrides) -> str:
+    with pytest.raises(Exception) as err:
+        load(tmp_path, demo_dir, **overrides)
+    assert not (tmp_path / "out").exists(), "a rejected config must write nothing"
+    return str(err.value)
+
+
+def test_valid_recipe_keeps_its_keys(tmp_path, demo_dir):
+    cfg = load(tmp_path, demo_dir, droplora_mask_mode="batch", droplora_rescale=False)
+    assert cfg.adapter == "droplora"
+    assert (cfg.droplora_rank_dropout, cfg.droplora_mask_mode, cfg.droplora_rescale) == (0.3, "batch", False)
+    # Axolotl auto-enables its fused LoRA kernels only for lora/qlora; they must stay off here
+    assert not cfg.lora_mlp_kernel and not cfg.lora_qkv_kernel and not cfg.lora_o_kernel
+
+
+def test_plain_lora_with_the_plugin_listed_is_untouched(tmp_path, demo_dir):
+    cfg = load(tmp_path, demo_dir, adapter="lora", droplora_rank_dropout=None, droplora_mask_mode=None)
+    assert cfg.adapter == "lora" and cfg.droplora_rank_dropout is None
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, -0.2])
+def test_rank_dropout_outside_0_1_names_the_key(tmp_path, demo_dir, p):
+    message = error_of(tmp_path, demo_dir, droplora_rank_dropout=p)
+    assert "droplora_rank_dropout" in message and "must be a number in [0, 1)" in message
+
+
+def test_unknown_mask_mode_names_the_key_and_the_choices(tmp_path, demo_dir):
+    message = error_of(tmp_path, demo_dir, droplora_mask_mode="token")
+    assert "droplora_mask_mode" in message
+    assert "'element', 'sequence' or 'batch'" in message
+
+
+def test_droplora_keys_with_another_adapter_are_refused(tmp_path, demo_dir):
+    message = error_of(tmp_path, demo_dir, adapter="lora", droplora_mask_mode=None)
+    assert (
+        "droplora_rank_dropout set, but `adapter: lora` does not use it: set `adapter: droplora` "
+        "to train with rank dropout, or remove droplora_rank_dropout"
+    ) in message
+
+
+@pytest.mark.parametrize("key", ["load_in_4bit", "load_in_8bit"])
+def test_quantized_base_is_refused_until_qlora_support(tmp_path, demo_dir, key):
+    message = error_of(tmp_path, demo_dir, **{key: True})
+    assert f"`{key}: true` is not supported with `adapter: droplora` yet" in message
+    assert "would load unquantized" in message
+
+
+@pytest.mark.parametrize("key", ["lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"])
+def test_fused_lora_kernels_are_refused(tmp_path, demo_dir, key):
+    message = error_of(tmp_path, demo_dir, **{key: True})
+    assert f"set `{key}: false` with `adapter: droplora`" in message

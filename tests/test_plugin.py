@@ -1,0 +1,126 @@
+"""`adapter: droplora` end to end through Axolotl's real CLI (axolotl_droplora/plugin.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from axolotl_droplora.demo import demo_config
+from conftest import run_cli
+
+LAYERS_LOG = "DropLoRA: rank dropout p={p} mask_mode={mode} rescale={rescale} on 10 LoRA layers"
+
+
+def write_recipe(tmp_path: Path, demo_dir: Path, **overrides) -> Path:
+    config = {**demo_config(demo_dir), "output_dir": str(tmp_path / "out"), "max_steps": 6}
+    config.update(overrides)
+    config = {key: value for key, value in config.items() if value is not None}
+    recipe = tmp_path / "recipe.yml"
+    recipe.write_text(yaml.safe_dump(config, sort_keys=False))
+    return recipe
+
+
+def train_loss(log: str) -> float:
+    return float(re.findall(r"'train_loss': '([^']+)'", log)[-1])
+
+
+VANILLA_PEFT_LOGITS = """
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from peft import PeftModel
+base_dir, adapter_dir, merged_dir, out = sys.argv[1:]
+tokens = AutoTokenizer.from_pretrained(base_dir)(
+    ["What is 12 plus 30?", "What is 7 times 8? 7 * 8 = 56."], return_tensors="pt", padding=True
+).input_ids
+with torch.no_grad():
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).eval()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    torch.save({"peft": peft(tokens).logits, "merged": merged(tokens).logits,
+                "base": base(tokens).logits}, out)
+assert not any(name.startswith("axolotl_droplora") for name in sys.modules), "imported us"
+"""
+
+
+@pytest.mark.parametrize(
+    "launcher, mask_mode",
+    [(["axolotl", "train"], "element"), ([sys.executable, "-m", "axolotl.cli.train"], "batch")],
+)
+def test_droplora_trains_saves_plain_lora_and_merges(tmp_path, demo_dir, launcher, mask_mode):
+    import torch
+
+    recipe = write_recipe(tmp_path, demo_dir, droplora_mask_mode=mask_mode)
+    trained = run_cli([*launcher, str(recipe)], cwd=tmp_path)
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    log = trained.stdout + trained.stderr
+    assert LAYERS_LOG.format(p=0.3, mode=mask_mode, rescale=True) in log
+    assert math.isfinite(train_loss(log))
+
+    out = tmp_path / "out"
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == 16
+    weights = load_file(out / "adapter_model.safetensors")
+    lora_b = {name: w for name, w in weights.items() if "lora_B" in name}
+    assert len(lora_b) == 10 and all(w.abs().sum() > 0 for w in lora_b.values())  # B starts at 0
+    assert all(re.search(r"\.lora_[AB]\.weight$", name) for name in weights)
+
+    merged = run_cli(["axolotl", "merge-lora", str(recipe)], cwd=tmp_path)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    assert (out / "merged" / "model.safetensors").is_file()
+
+    checked = run_cli(
+        [sys.executable, "-c", VANILLA_PEFT_LOGITS, str(demo_dir / "model"), str(out),
+         str(out / "merged"), str(tmp_path / "logits.pt")],
+        cwd=tmp_path,
+    )
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    result = torch.load(tmp_path / "logits.pt")
+    torch.testing.assert_close(result["merged"], result["peft"], atol=1e-4, rtol=0)
+    assert (result["peft"] - result["base"]).abs().max() > 1e-3  # the adapter changed the model
+
+
+def test_rank_dropout_goes_on_the_model_trl_builds_for_dpo(tmp_path, demo_dir):
+    rows = [json.loads(line) for line in (demo_dir / "data" / "train.jsonl").read_text().splitlines()]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps({"prompt": r["instruction"], "chosen": r["output"], "rejected": "The answer is 0."}) + "\n"
+            for r in rows[:32]
+        )
+    )
+    recipe = write_recipe(
+        tmp_path, demo_dir, rl="dpo", max_steps=2, micro_batch_size=4, train_on_inputs=None,
+        datasets=[{"path": str(pairs), "ds_type": "json", "split": "train", "type": "passthrough.default"}],
+    )
+    trained = run_cli([sys.executable, "-m", "axolotl.cli.train", str(recipe)], cwd=tmp_path)
+    log = trained.stdout + trained.stderr
+    assert trained.returncode == 0, log[-4000:]
+    assert "DropLoRA: rl: dpo, so rank dropout goes on the model TRL builds" in log
+    assert LAYERS_LOG.format(p=0.3, mode="element", rescale=True) in log
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["peft_type"] == "LORA"
+
+
+def test_adapter_droplora_without_the_plugin_line_says_what_to_add(tmp_path, demo_dir):
+    recipe = write_recipe(tmp_path, demo_dir, plugins=None, droplora_rank_dropout=None, droplora_mask_mode=None)
+    failed = run_cli([sys.executable, "-m", "axolotl.cli.train", str(recipe)], cwd=tmp_path)
+    assert failed.returncode != 0
+    assert (
+        "Adapter 'droplora' is not built in and was not registered by a plugin. "
+        "Add the plugin that provides this adapter to `plugins:`."
+    ) in failed.stdout + failed.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_rank_dropout_fails_before_anything_is_written(tmp_path, demo_dir):
+    recipe = write_recipe(tmp_path, demo_dir, droplora_rank_dropout=1.0)
+    failed = run_cli(["axolotl", "train", str(recipe)], cwd=tmp_path)
+    assert failed.returncode != 0
+    assert "droplora_rank_dropout: rank dropout p must be a number in [0, 1)" in failed.stdout + failed.stderr
+    assert not (tmp_path / "out").exists()
