@@ -1,5 +1,7 @@
-"""DropLoRA (rank dropout between LoRA's A and B) for Axolotl, PEFT and TRL."""
+"""DropLoRA (rank dropout between LoRA's A and B) and MiLoRA for Axolotl, PEFT and TRL."""
 
+from .conversion import convert_adapter_dir, fold_into_original_base, snapshot_initial_adapter
+from .milora import init_milora
 from .rank_dropout import (
     MASK_MODES,
     RankDropout,
@@ -7,15 +9,21 @@ from .rank_dropout import (
     installed_rank_dropout,
     remove_rank_dropout,
 )
+from .trainer_callback import DropLoRACallback
 
 __all__ = [
     "MASK_MODES",
     "DropLoRAArgs",
+    "DropLoRACallback",
     "DropLoRAPlugin",
     "RankDropout",
+    "convert_adapter_dir",
+    "fold_into_original_base",
+    "init_milora",
     "install_rank_dropout",
     "installed_rank_dropout",
     "remove_rank_dropout",
+    "snapshot_initial_adapter",
 ]
 
 

@@ -1,4 +1,4 @@
-"""The YAML keys of `adapter: droplora`, merged by Axolotl into its config schema."""
+"""The YAML keys of the plugin, merged by Axolotl into its config schema, and their checks."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from .rank_dropout import check_rank_dropout_args
 
 ADAPTER = "droplora"
+MILORA = "milora"  # the value of peft_init_lora_weights that asks for MiLoRA
 DEFAULT_RANK_DROPOUT = 0.3
 FUSED_LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
 
@@ -41,6 +42,16 @@ class DropLoRAArgs(BaseModel):
         },
     )
 
+    milora_save_base: Literal["original", "residual"] | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "With `peft_init_lora_weights: milora`: `original` (default) saves "
+            "every adapter (checkpoints and final) as a rank-2r LoRA valid on the original base "
+            "model; `residual` saves the adapter as trained, valid ONLY on the MiLoRA residual "
+            "base W_p (not on the model you started from)."
+        },
+    )
+
     @field_validator("droplora_rank_dropout", mode="before")
     @classmethod
     def _p_in_range(cls, p):
@@ -65,6 +76,14 @@ class DropLoRAArgs(BaseModel):
                 f"{'it' if len(own_keys) == 1 else 'them'}: set `adapter: {ADAPTER}` to train "
                 f"with rank dropout, or remove {', '.join(own_keys)}"
             )
+        milora = data.get("peft_init_lora_weights") == MILORA
+        if milora:
+            _check_milora(data)
+        elif data.get("milora_save_base") is not None:
+            raise ValueError(
+                "milora_save_base is set, but MiLoRA is not: add `peft_init_lora_weights: milora` "
+                "or remove milora_save_base"
+            )
         if adapter != ADAPTER:
             return data
         for key in ("load_in_4bit", "load_in_8bit"):
@@ -82,3 +101,29 @@ class DropLoRAArgs(BaseModel):
                     f"with `adapter: {ADAPTER}`."
                 )
         return data
+
+
+def _check_milora(data: dict) -> None:
+    adapter = data.get("adapter")
+    if adapter not in ("lora", ADAPTER):
+        raise ValueError(
+            f"`peft_init_lora_weights: {MILORA}` needs `adapter: lora` or `adapter: {ADAPTER}`, "
+            f"got `adapter: {adapter}`"
+        )
+    for key in ("load_in_4bit", "load_in_8bit"):
+        if data.get(key):
+            raise ValueError(
+                f"`peft_init_lora_weights: {MILORA}` needs a full-precision base to take the SVD "
+                f"of and subtract from: remove `{key}`"
+            )
+    for key in ("resume_from_checkpoint", "auto_resume_from_checkpoints"):
+        if data.get(key):
+            raise ValueError(
+                f"`{key}` is not supported with `peft_init_lora_weights: {MILORA}` yet: its "
+                f"checkpoints hold the adapter converted for the original base. Remove `{key}`."
+            )
+    if data.get("load_best_model_at_end") and data.get("milora_save_base", "original") != "residual":
+        raise ValueError(
+            f"`load_best_model_at_end` cannot reload MiLoRA checkpoints (converted to rank 2r "
+            f"for the original base): remove it, or set `milora_save_base: residual`"
+        )

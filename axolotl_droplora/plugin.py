@@ -1,35 +1,53 @@
-"""Axolotl plugin: registers `adapter: droplora` and puts rank dropout on the LoRA model.
+"""Axolotl plugin: `adapter: droplora` and `peft_init_lora_weights: milora`.
 
-Axolotl builds the adapter with its own LoRA loader (the adapter is declared `lora_like`), so
-every `lora_*` / `peft_*` key keeps its meaning; this plugin only answers hooks.
+Axolotl builds the adapter with its own LoRA loader (droplora is declared `lora_like`), so every
+`lora_*` / `peft_*` key keeps its meaning. The plugin answers hooks and hands the work to the
+same DropLoRACallback that TRL users put on their trainer.
 """
 
 from __future__ import annotations
+
+import logging
 
 from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 from axolotl.utils.dict import DictDefault
 from axolotl.utils.logging import get_logger
 
-from .args import ADAPTER, DEFAULT_RANK_DROPOUT
-from .rank_dropout import install_rank_dropout, installed_rank_dropout
+from .args import ADAPTER, DEFAULT_RANK_DROPOUT, MILORA
+from .trainer_callback import DropLoRACallback
 
 LOG = get_logger(__name__)
 
-# Axolotl hands TRL only the LoRA config for these; TRL builds the PEFT model inside its trainer.
-RL_CONFIG_ONLY = ("dpo", "ipo", "kto")
 
-
-def rank_dropout_settings(cfg: DictDefault) -> dict:
-    """install_rank_dropout's keyword arguments from the YAML, defaults filled in."""
-    return {
-        "p": DEFAULT_RANK_DROPOUT if cfg.droplora_rank_dropout is None else cfg.droplora_rank_dropout,
-        "mask_mode": cfg.droplora_mask_mode or "element",
-        "rescale": True if cfg.droplora_rescale is None else cfg.droplora_rescale,
-    }
+def callback_for(cfg: DictDefault) -> DropLoRACallback | None:
+    """The DropLoRACallback a recipe asks for, defaults filled in; None for a plain recipe."""
+    milora = cfg.peft_init_lora_weights == MILORA
+    if cfg.adapter != ADAPTER and not milora:
+        return None
+    return DropLoRACallback(
+        rank_dropout=(
+            None if cfg.adapter != ADAPTER
+            else DEFAULT_RANK_DROPOUT if cfg.droplora_rank_dropout is None
+            else cfg.droplora_rank_dropout
+        ),
+        mask_mode=cfg.droplora_mask_mode or "element",
+        rescale=True if cfg.droplora_rescale is None else cfg.droplora_rescale,
+        milora=milora,
+        save_base=cfg.milora_save_base or "original",
+    )
 
 
 class DropLoRAPlugin(BasePlugin):
-    """`plugins: [axolotl_droplora.DropLoRAPlugin]` + `adapter: droplora`."""
+    """`plugins: [axolotl_droplora.DropLoRAPlugin]`, then `adapter: droplora` and/or MiLoRA."""
+
+    def __init__(self):
+        super().__init__()
+        self.callback: DropLoRACallback | None = None
+
+    def register(self, cfg: dict):
+        # Axolotl prints INFO only from loggers it set a level on; the callback's logger is a
+        # plain one (it serves TRL users too), so give the package logger that level here
+        logging.getLogger("axolotl_droplora").setLevel(logging.INFO)
 
     def get_input_args(self) -> str:
         return "axolotl_droplora.args.DropLoRAArgs"
@@ -37,36 +55,40 @@ class DropLoRAPlugin(BasePlugin):
     def get_adapter_capabilities(self) -> list[AdapterCapabilities]:
         return [AdapterCapabilities(name=ADAPTER, lora_like=True)]
 
+    def get_lora_config_kwargs(self, cfg: DictDefault) -> dict:
+        # PEFT has no "milora" init and would raise: build a standard LoRA, re-initialised after
+        if cfg.peft_init_lora_weights == MILORA:
+            return {"init_lora_weights": True}
+        return {}
+
     def pre_model_load(self, cfg: DictDefault):
-        if cfg.adapter != ADAPTER:
-            return
-        if cfg.sample_packing and rank_dropout_settings(cfg)["mask_mode"] == "sequence":
+        if cfg.adapter == ADAPTER and cfg.sample_packing and cfg.droplora_mask_mode == "sequence":
             LOG.warning(
                 "droplora_mask_mode: sequence with sample_packing: true draws one mask per "
                 "packed row, shared by every sequence packed into it"
             )
 
     def post_lora_load(self, cfg: DictDefault, model):
-        if cfg.adapter != ADAPTER:
-            return
         if cfg.inference or cfg.merge_lora:
-            LOG.info("DropLoRA: inference/merge, so no rank dropout (the model is plain LoRA)")
-            return
-        if cfg.rl in RL_CONFIG_ONLY:
-            rl = getattr(cfg.rl, "value", cfg.rl)
-            LOG.info(f"DropLoRA: rl: {rl}, so rank dropout goes on the model TRL builds")
-            return
-        self._install(cfg, model)
+            return  # a trained adapter is loaded: plain LoRA, nothing to add
+        self.callback = callback_for(cfg)
+        # before the trainer exists, so MiLoRA's new weights are what DeepSpeed/FSDP copy; for
+        # rl: dpo/ipo/kto the model here has no LoRA yet (TRL builds it), so this waits for
+        # the trainer (on_train_begin)
+        if self.callback and _has_lora(model):
+            self.callback.prepare(model)
+        elif self.callback:
+            LOG.info(f"DropLoRA: rl: {getattr(cfg.rl, 'value', cfg.rl)} builds the LoRA model in "
+                     f"TRL's trainer; the plugin's callback prepares it when training starts")
 
-    def post_trainer_create(self, cfg: DictDefault, trainer):
-        if cfg.adapter == ADAPTER and not installed_rank_dropout(trainer.model):
-            self._install(cfg, trainer.model)
+    def add_callbacks_post_trainer(self, cfg: DictDefault, trainer):
+        if cfg.inference or cfg.merge_lora:
+            return []
+        callback = self.callback or callback_for(cfg)
+        return [callback] if callback else []
 
-    @staticmethod
-    def _install(cfg: DictDefault, model):
-        settings = rank_dropout_settings(cfg)
-        hooked = install_rank_dropout(model, **settings)
-        LOG.info(
-            f"DropLoRA: rank dropout p={settings['p']} mask_mode={settings['mask_mode']} "
-            f"rescale={settings['rescale']} on {len(hooked)} LoRA layers"
-        )
+
+def _has_lora(model) -> bool:
+    from peft.tuners.lora import LoraLayer
+
+    return any(isinstance(module, LoraLayer) for module in model.modules())

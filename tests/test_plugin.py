@@ -102,7 +102,7 @@ def test_rank_dropout_goes_on_the_model_trl_builds_for_dpo(tmp_path, demo_dir):
     trained = run_cli([sys.executable, "-m", "axolotl.cli.train", str(recipe)], cwd=tmp_path)
     log = trained.stdout + trained.stderr
     assert trained.returncode == 0, log[-4000:]
-    assert "DropLoRA: rl: dpo, so rank dropout goes on the model TRL builds" in log
+    assert "DropLoRA: rl: dpo builds the LoRA model in TRL's trainer" in log
     assert LAYERS_LOG.format(p=0.3, mode="element", rescale=True) in log
     assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["peft_type"] == "LORA"
 

@@ -1,0 +1,106 @@
+"""Save-time conversion: an adapter trained on a residual base, made valid on the original base.
+
+MiLoRA (and PiSSA) move s·B0·A0 out of the frozen weight: W = W_p + s·B0·A0. After training the
+model computes W_p + s·B·A = W + s·(B·A − B0·A0): a LoRA of rank 2r on the original W,
+
+    A' = [A; A0]  (2r × d_in)      B' = [B, −B0]  (d_out × 2r)
+
+with r' = 2r and α' = 2α (√2·α with rsLoRA, where s = α/√r), so s' = s. This is the conversion
+PEFT documents for PiSSA (`path_initial_model_for_weight_conversion`); here it runs without that
+argument, so that any save (Trainer checkpoints, `trainer.save_model()`, Axolotl's final save)
+writes an adapter that vanilla PEFT, vLLM and `merge-lora` apply to the unmodified base model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from peft import get_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file, save_file
+
+ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+
+
+def snapshot_initial_adapter(model, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """A0, B0 of every layer, on CPU, keyed as in the saved adapter file."""
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    return {key: value.detach().to("cpu", copy=True) for key, value in state.items() if ".lora_" in key}
+
+
+def to_original_base(state: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The adapter file's tensors with A' = [A; A0] and B' = [B, −B0]."""
+    converted = dict(state)
+    for key, init in initial.items():
+        init = init.to(state[key].dtype)
+        if ".lora_A." in key:
+            converted[key] = torch.cat([state[key], init], dim=0)
+        elif ".lora_B." in key:
+            converted[key] = torch.cat([state[key], -init], dim=1)
+    return converted
+
+
+def doubled_rank_config(config: dict) -> dict:
+    """adapter_config.json for the rank-2r adapter, with the same scaling."""
+    config = dict(config, init_lora_weights=True, r=2 * config["r"])
+    config["lora_alpha"] = config["lora_alpha"] * (2 ** 0.5 if config.get("use_rslora") else 2)
+    for pattern in ("rank_pattern", "alpha_pattern"):
+        if config.get(pattern):
+            config[pattern] = {key: 2 * value for key, value in config[pattern].items()}
+    return config
+
+
+def convert_adapter_dir(adapter_dir: str | Path, initial: dict[str, torch.Tensor]) -> None:
+    """Rewrite a saved residual-base adapter (a checkpoint) in place for the original base.
+
+    Written to a scratch folder first and swapped in file by file, so a crash leaves either the
+    old adapter or the new one, never a mixture that looks complete.
+    """
+    adapter_dir = Path(adapter_dir)
+    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    if config.get("init_lora_weights") is True and config["r"] == 2 * _rank_of(initial):
+        return  # already converted
+    scratch = adapter_dir / ".converting"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    save_file(to_original_base(load_file(adapter_dir / ADAPTER_WEIGHTS), initial),
+              scratch / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    (scratch / ADAPTER_CONFIG).write_text(json.dumps(doubled_rank_config(config), indent=2))
+    os.replace(scratch / ADAPTER_WEIGHTS, adapter_dir / ADAPTER_WEIGHTS)
+    os.replace(scratch / ADAPTER_CONFIG, adapter_dir / ADAPTER_CONFIG)
+    scratch.rmdir()
+
+
+def _rank_of(initial: dict[str, torch.Tensor]) -> int:
+    return next(value.shape[0] for key, value in initial.items() if ".lora_A." in key)
+
+
+@torch.no_grad()
+def fold_into_original_base(model, initial: dict[str, torch.Tensor], adapter_name: str = "default") -> None:
+    """In memory, at the end of training: W_p → W_p + s·B0·A0 and the adapter → rank 2r.
+
+    The model computes the same function before and after (up to the base dtype's rounding);
+    afterwards it is a plain LoRA on the original base, whatever saves it next.
+    """
+    for name, layer in model.named_modules():
+        if not isinstance(layer, LoraLayer) or adapter_name not in layer.lora_A:
+            continue
+        a0, b0 = (initial[f"{name}.lora_{ab}.weight"] for ab in "AB")
+        lora_a, lora_b = layer.lora_A[adapter_name], layer.lora_B[adapter_name]
+        a0, b0 = a0.to(lora_a.weight), b0.to(lora_b.weight)
+        base = layer.get_base_layer().weight
+        scaling = layer.scaling[adapter_name]
+        base.copy_((base.float() + scaling * (b0.float() @ a0.float())).to(base.dtype))
+        lora_a.weight = torch.nn.Parameter(torch.cat([lora_a.weight, a0]), lora_a.weight.requires_grad)
+        lora_b.weight = torch.nn.Parameter(torch.cat([lora_b.weight, -b0], dim=1), lora_b.weight.requires_grad)
+        lora_a.out_features = lora_b.in_features = lora_a.weight.shape[0]
+        layer.r[adapter_name] *= 2
+        layer.lora_alpha[adapter_name] *= 2 ** 0.5 if layer.use_rslora[adapter_name] else 2
+    config = model.peft_config[adapter_name]
+    for key, value in doubled_rank_config(config.to_dict()).items():
+        if key in ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "init_lora_weights"):
+            setattr(config, key, value)

@@ -1,0 +1,59 @@
+"""MiLoRA initialisation (axolotl_droplora/milora.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from axolotl_droplora import init_milora
+from conftest import tiny_base_model, tiny_lora_model
+
+TOKENS = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(3))
+
+
+def lora_layers(model):
+    return [(n, m) for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+
+
+@pytest.mark.parametrize(
+    "lora_kwargs",
+    [{}, {"use_rslora": True}, {"use_dora": True}],
+    ids=["lora", "rslora", "dora"],
+)
+def test_minor_components_with_unchanged_step_zero_output(lora_kwargs):
+    base = tiny_base_model(seed=1).eval()
+    expected = base(input_ids=TOKENS).logits
+    originals = {n: m.weight.detach().clone() for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
+    model = tiny_lora_model(seed=1, **lora_kwargs).eval()  # same base weights, random A and B
+
+    assert init_milora(model) == 10
+    torch.testing.assert_close(model(input_ids=TOKENS).logits, expected, atol=1e-5, rtol=0)
+    for name, layer in lora_layers(model):
+        w = originals[name.removeprefix("base_model.model.")]
+        s, r = layer.scaling["default"], layer.r["default"]
+        b, a = layer.lora_B["default"].weight, layer.lora_A["default"].weight
+        w_p = layer.get_base_layer().weight
+        assert (torch.linalg.norm(w - w_p - s * b @ a) / torch.linalg.norm(w)) <= 1e-6
+        # s·B·A holds exactly the r smallest singular values of W
+        torch.testing.assert_close(
+            torch.linalg.svdvals(s * b @ a)[:r].sort().values,
+            torch.linalg.svdvals(w)[-r:].sort().values, atol=1e-5, rtol=1e-4,
+        )
+    if lora_kwargs.get("use_rslora"):
+        assert layer.scaling["default"] == pytest.approx(16 / 8 ** 0.5)
+
+
+def test_bfloat16_weights_keep_the_function_they_compute():
+    model = tiny_lora_model(seed=4).to(torch.bfloat16).eval()
+    reference = tiny_base_model(seed=4).to(torch.bfloat16).eval()
+    before = reference(input_ids=TOKENS).logits.float()
+    init_milora(model)
+    for _, layer in lora_layers(model):
+        assert layer.get_base_layer().weight.dtype == torch.bfloat16
+    after = model(input_ids=TOKENS).logits.float()
+    assert (after - before).abs().max() < 0.05 * before.abs().max()
+
+
+def test_a_model_without_lora_is_refused():
+    with pytest.raises(ValueError, match="MiLoRA needs a PEFT LoRA model with adapter 'default'"):
+        init_milora(tiny_base_model())
