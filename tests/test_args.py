@@ -69,3 +69,38 @@ def test_quantized_base_is_refused_until_qlora_support(tmp_path, demo_dir, key):
 def test_fused_lora_kernels_are_refused(tmp_path, demo_dir, key):
     message = error_of(tmp_path, demo_dir, **{key: True})
     assert f"set `{key}: false` with `adapter: droplora`" in message
+
+
+def test_milora_is_a_value_of_peft_init_lora_weights_with_lora_or_droplora(tmp_path, demo_dir):
+    from axolotl_droplora.plugin import DropLoRAPlugin
+
+    for adapter in ("lora", "droplora"):
+        extra = {} if adapter == "droplora" else {"droplora_rank_dropout": None, "droplora_mask_mode": None}
+        cfg = load(tmp_path, demo_dir, adapter=adapter, peft_init_lora_weights="milora", **extra)
+        assert cfg.peft_init_lora_weights == "milora"
+        # PEFT has no "milora" init: the plugin has Axolotl build a standard LoRA first
+        assert DropLoRAPlugin().get_lora_config_kwargs(cfg) == {"init_lora_weights": True}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"load_in_8bit": True, "adapter": "lora"},
+         "`peft_init_lora_weights: milora` needs a full-precision base to take the SVD of and subtract from: remove `load_in_8bit`"),
+        ({"resume_from_checkpoint": "out/checkpoint-2"},
+         "`resume_from_checkpoint` is not supported with `peft_init_lora_weights: milora` yet"),
+        ({"auto_resume_from_checkpoints": True},
+         "`auto_resume_from_checkpoints` is not supported with `peft_init_lora_weights: milora` yet"),
+        ({"load_best_model_at_end": True},
+         "`load_best_model_at_end` cannot reload MiLoRA checkpoints"),
+    ],
+)
+def test_milora_refusals_name_the_key(tmp_path, demo_dir, overrides, message):
+    if overrides.get("adapter") == "lora":
+        overrides = {**overrides, "droplora_rank_dropout": None, "droplora_mask_mode": None}
+    assert message in error_of(tmp_path, demo_dir, peft_init_lora_weights="milora", **overrides)
+
+
+def test_milora_save_base_without_milora_is_refused(tmp_path, demo_dir):
+    message = error_of(tmp_path, demo_dir, milora_save_base="residual")
+    assert "milora_save_base is set, but MiLoRA is not: add `peft_init_lora_weights: milora`" in message

@@ -49,27 +49,48 @@ assert not any(name.startswith("axolotl_droplora") for name in sys.modules), "im
 """
 
 
+MILORA = {"peft_init_lora_weights": "milora", "lora_alpha": 16, "save_strategy": "steps", "save_steps": 3}
+
+
 @pytest.mark.parametrize(
-    "launcher, mask_mode",
-    [(["axolotl", "train"], "element"), ([sys.executable, "-m", "axolotl.cli.train"], "batch")],
+    "launcher, overrides",
+    [
+        (["axolotl", "train"], {"droplora_mask_mode": "element"}),
+        ([sys.executable, "-m", "axolotl.cli.train"], {"droplora_mask_mode": "batch"}),
+        ([sys.executable, "-m", "axolotl.cli.train"], {"droplora_mask_mode": "sequence", **MILORA}),
+        ([sys.executable, "-m", "axolotl.cli.train"],
+         {"adapter": "lora", "droplora_rank_dropout": None, "droplora_mask_mode": None, **MILORA}),
+    ],
+    ids=["droplora-axolotl-train", "droplora-python-m", "droplora+milora", "lora+milora"],
 )
-def test_droplora_trains_saves_plain_lora_and_merges(tmp_path, demo_dir, launcher, mask_mode):
+def test_trains_saves_plain_lora_for_the_original_base_and_merges(tmp_path, demo_dir, launcher, overrides):
     import torch
 
-    recipe = write_recipe(tmp_path, demo_dir, droplora_mask_mode=mask_mode)
+    recipe = write_recipe(tmp_path, demo_dir, **overrides)
     trained = run_cli([*launcher, str(recipe)], cwd=tmp_path)
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     log = trained.stdout + trained.stderr
-    assert LAYERS_LOG.format(p=0.3, mode=mask_mode, rescale=True) in log
+    if overrides.get("adapter", "droplora") == "droplora":
+        assert LAYERS_LOG.format(p=0.3, mode=overrides["droplora_mask_mode"], rescale=True) in log
+    else:
+        assert "DropLoRA: rank dropout" not in log
+    milora = "peft_init_lora_weights" in overrides
+    if milora:
+        assert "MiLoRA: initialised 10 layers in" in log
+        assert "MiLoRA: adapter converted to rank 2r on the original base for saving" in log
     assert math.isfinite(train_loss(log))
 
     out = tmp_path / "out"
-    adapter_config = json.loads((out / "adapter_config.json").read_text())
-    assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == 16
-    weights = load_file(out / "adapter_model.safetensors")
+    rank = 32 if milora else 16  # MiLoRA saves B·A − B0·A0 as a rank-2r LoRA
+    for adapter_dir in [out] + ([out / "checkpoint-3", out / "checkpoint-6"] if milora else []):
+        adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+        assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == rank, adapter_dir
+        assert adapter_config["init_lora_weights"] is True
+        weights = load_file(adapter_dir / "adapter_model.safetensors")
+        assert all(re.search(r"\.lora_[AB]\.weight$", name) for name in weights)
+        assert all(w.shape[0] == rank for name, w in weights.items() if "lora_A" in name)
     lora_b = {name: w for name, w in weights.items() if "lora_B" in name}
     assert len(lora_b) == 10 and all(w.abs().sum() > 0 for w in lora_b.values())  # B starts at 0
-    assert all(re.search(r"\.lora_[AB]\.weight$", name) for name in weights)
 
     merged = run_cli(["axolotl", "merge-lora", str(recipe)], cwd=tmp_path)
     assert merged.returncode == 0, merged.stderr[-3000:]
