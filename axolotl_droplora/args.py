@@ -42,10 +42,10 @@ class DropLoRAArgs(BaseModel):
         },
     )
 
-    milora_save_base: Literal["original", "residual"] | None = Field(
+    svd_init_save_base: Literal["original", "residual"] | None = Field(
         default=None,
         json_schema_extra={
-            "description": "With `peft_init_lora_weights: milora`: `original` (default) saves "
+            "description": "With `peft_init_lora_weights: milora` or `pissa*`: `original` (default) saves "
             "every adapter (checkpoints and final) as a rank-2r LoRA valid on the original base "
             "model; `residual` saves the adapter as trained, valid ONLY on the MiLoRA residual "
             "base W_p (not on the model you started from)."
@@ -76,13 +76,15 @@ class DropLoRAArgs(BaseModel):
                 f"{'it' if len(own_keys) == 1 else 'them'}: set `adapter: {ADAPTER}` to train "
                 f"with rank dropout, or remove {', '.join(own_keys)}"
             )
-        milora = data.get("peft_init_lora_weights") == MILORA
-        if milora:
+        init = str(data.get("peft_init_lora_weights"))
+        if init == MILORA:
             _check_milora(data)
-        elif data.get("milora_save_base") is not None:
+        if init == MILORA or init.startswith("pissa"):
+            _check_converted_saves(data)
+        elif data.get("svd_init_save_base") is not None:
             raise ValueError(
-                "milora_save_base is set, but MiLoRA is not: add `peft_init_lora_weights: milora` "
-                "or remove milora_save_base"
+                "svd_init_save_base is set, but neither MiLoRA nor PiSSA is: add "
+                "`peft_init_lora_weights: milora` (or pissa), or remove svd_init_save_base"
             )
         if adapter != ADAPTER:
             return data
@@ -116,14 +118,17 @@ def _check_milora(data: dict) -> None:
                 f"`peft_init_lora_weights: {MILORA}` needs a full-precision base to take the SVD "
                 f"of and subtract from: remove `{key}`"
             )
-    for key in ("resume_from_checkpoint", "auto_resume_from_checkpoints"):
+
+
+def _check_converted_saves(data: dict) -> None:
+    init = data.get("peft_init_lora_weights")
+    if data.get("svd_init_save_base") == "residual":
+        return
+    for key in ("resume_from_checkpoint", "auto_resume_from_checkpoints", "load_best_model_at_end"):
         if data.get(key):
             raise ValueError(
-                f"`{key}` is not supported with `peft_init_lora_weights: {MILORA}` yet: its "
-                f"checkpoints hold the adapter converted for the original base. Remove `{key}`."
+                f"`{key}` is not supported with `peft_init_lora_weights: {init}` yet: its "
+                f"checkpoints hold the adapter converted to rank 2r for the original base, which "
+                f"cannot be loaded back into the residual model. Remove `{key}`, or set "
+                f"`svd_init_save_base: residual`."
             )
-    if data.get("load_best_model_at_end") and data.get("milora_save_base", "original") != "residual":
-        raise ValueError(
-            f"`load_best_model_at_end` cannot reload MiLoRA checkpoints (converted to rank 2r "
-            f"for the original base): remove it, or set `milora_save_base: residual`"
-        )

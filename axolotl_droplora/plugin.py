@@ -1,4 +1,4 @@
-"""Axolotl plugin: `adapter: droplora` and `peft_init_lora_weights: milora`.
+"""Axolotl plugin: `adapter: droplora`, `peft_init_lora_weights: milora`, PiSSA saves.
 
 Axolotl builds the adapter with its own LoRA loader (droplora is declared `lora_like`), so every
 `lora_*` / `peft_*` key keeps its meaning. The plugin answers hooks and hands the work to the
@@ -22,7 +22,8 @@ LOG = get_logger(__name__)
 def callback_for(cfg: DictDefault) -> DropLoRACallback | None:
     """The DropLoRACallback a recipe asks for, defaults filled in; None for a plain recipe."""
     milora = cfg.peft_init_lora_weights == MILORA
-    if cfg.adapter != ADAPTER and not milora:
+    pissa = str(cfg.peft_init_lora_weights).startswith("pissa")
+    if cfg.adapter != ADAPTER and not milora and not pissa:
         return None
     return DropLoRACallback(
         rank_dropout=(
@@ -33,7 +34,7 @@ def callback_for(cfg: DictDefault) -> DropLoRACallback | None:
         mask_mode=cfg.droplora_mask_mode or "element",
         rescale=True if cfg.droplora_rescale is None else cfg.droplora_rescale,
         milora=milora,
-        save_base=cfg.milora_save_base or "original",
+        save_base=cfg.svd_init_save_base or "original",
     )
 
 

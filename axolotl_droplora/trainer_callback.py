@@ -11,8 +11,9 @@ trainer's __init__) and callbacks are how a Trainer lets outside code act on tha
   if asked (before any distributed wrapping copies the weights), then rank dropout on every
   LoRA layer. `model.train()` / `model.eval()` switch the rank dropout, so `trainer.evaluate()`
   and generation see plain LoRA.
-- each checkpoint save and the end of training (MiLoRA, unless `save_base="residual"`): the
-  adapter is converted to be valid on the original base model (see conversion.py), so
+- each checkpoint save and the end of training (MiLoRA, or PEFT's PiSSA init, unless
+  `save_base="residual"`): the adapter is converted to be valid on the original base model
+  (see conversion.py), so
   checkpoints and `trainer.save_model()` are plain PEFT LoRA adapters for the base you started from.
 """
 
@@ -32,7 +33,8 @@ SAVE_BASES = ("original", "residual")
 
 
 class DropLoRACallback(TrainerCallback):
-    """Rank dropout (`rank_dropout=p`) and/or MiLoRA init (`milora=True`) for a Trainer's LoRA model."""
+    """Rank dropout (`rank_dropout=p`, None for none), MiLoRA init (`milora=True`), and saves
+    converted for the original base after MiLoRA or PiSSA (`save_base="original"`)."""
 
     def __init__(
         self,
@@ -44,8 +46,6 @@ class DropLoRACallback(TrainerCallback):
     ):
         if rank_dropout is not None:
             check_rank_dropout_args(rank_dropout, mask_mode)
-        if rank_dropout is None and not milora:
-            raise ValueError("DropLoRACallback with rank_dropout=None and milora=False would do nothing")
         if save_base not in SAVE_BASES:
             raise ValueError(f"save_base must be one of {', '.join(SAVE_BASES)}, got {save_base!r}")
         self.rank_dropout, self.mask_mode, self.rescale = rank_dropout, mask_mode, rescale
@@ -59,11 +59,13 @@ class DropLoRACallback(TrainerCallback):
             return
         if self.milora:
             init_milora(model)
-            if self.save_base == "original":
-                self.initial_adapter = snapshot_initial_adapter(model)
-            else:
-                LOG.warning("MiLoRA: saving the residual form: the adapter is valid only on the "
-                            "MiLoRA residual base W_p, not on the original model")
+        residual_init = "MiLoRA" if self.milora else "PiSSA" if _is_pissa(model) else None
+        if residual_init and self.save_base == "original":
+            self.initial_adapter = snapshot_initial_adapter(model)
+            LOG.info(f"{residual_init}: saved adapters will be converted to rank 2r on the original base")
+        elif residual_init:
+            LOG.warning(f"{residual_init}: saving the residual form: the adapter is valid only on "
+                        f"the residual base W_p, not on the original model")
         if self.rank_dropout is not None:
             hooked = install_rank_dropout(model, self.rank_dropout, self.mask_mode, self.rescale)
             LOG.info(f"DropLoRA: rank dropout p={self.rank_dropout} mask_mode={self.mask_mode} "
@@ -94,4 +96,10 @@ class DropLoRACallback(TrainerCallback):
         if self.initial_adapter is not None:
             fold_into_original_base(model, self.initial_adapter)
             self.initial_adapter = None
-            LOG.info("MiLoRA: adapter converted to rank 2r on the original base for saving")
+            LOG.info("adapter converted to rank 2r on the original base for saving")
+
+
+def _is_pissa(model) -> bool:
+    """PEFT's PiSSA init (`init_lora_weights="pissa"` / `"pissa_niter_N"`) also moves s·B0·A0 out of W."""
+    config = getattr(model, "peft_config", {}).get("default")
+    return str(getattr(config, "init_lora_weights", "")).lower().startswith("pissa")

@@ -92,7 +92,7 @@ def test_milora_is_a_value_of_peft_init_lora_weights_with_lora_or_droplora(tmp_p
         ({"auto_resume_from_checkpoints": True},
          "`auto_resume_from_checkpoints` is not supported with `peft_init_lora_weights: milora` yet"),
         ({"load_best_model_at_end": True},
-         "`load_best_model_at_end` cannot reload MiLoRA checkpoints"),
+         "`load_best_model_at_end` is not supported with `peft_init_lora_weights: milora` yet"),
     ],
 )
 def test_milora_refusals_name_the_key(tmp_path, demo_dir, overrides, message):
@@ -101,6 +101,11 @@ def test_milora_refusals_name_the_key(tmp_path, demo_dir, overrides, message):
     assert message in error_of(tmp_path, demo_dir, peft_init_lora_weights="milora", **overrides)
 
 
-def test_milora_save_base_without_milora_is_refused(tmp_path, demo_dir):
-    message = error_of(tmp_path, demo_dir, milora_save_base="residual")
-    assert "milora_save_base is set, but MiLoRA is not: add `peft_init_lora_weights: milora`" in message
+def test_svd_init_save_base_without_milora_is_refused(tmp_path, demo_dir):
+    message = error_of(tmp_path, demo_dir, svd_init_save_base="residual")
+    assert "svd_init_save_base is set, but neither MiLoRA nor PiSSA is" in message
+
+
+def test_pissa_converted_saves_refuse_resuming(tmp_path, demo_dir):
+    message = error_of(tmp_path, demo_dir, peft_init_lora_weights="pissa_niter_4", auto_resume_from_checkpoints=True)
+    assert "`auto_resume_from_checkpoints` is not supported with `peft_init_lora_weights: pissa_niter_4` yet" in message

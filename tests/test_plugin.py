@@ -60,8 +60,13 @@ MILORA = {"peft_init_lora_weights": "milora", "lora_alpha": 16, "save_strategy":
         ([sys.executable, "-m", "axolotl.cli.train"], {"droplora_mask_mode": "sequence", **MILORA}),
         ([sys.executable, "-m", "axolotl.cli.train"],
          {"adapter": "lora", "droplora_rank_dropout": None, "droplora_mask_mode": None, **MILORA}),
+        ([sys.executable, "-m", "axolotl.cli.train"], {"droplora_mask_mode": "element", "peft_use_dora": True}),
+        ([sys.executable, "-m", "axolotl.cli.train"],
+         {"droplora_mask_mode": "batch", **MILORA, "peft_init_lora_weights": "pissa"}),
+        ([sys.executable, "-m", "axolotl.cli.train"], {"droplora_mask_mode": "sequence", "peft_use_rslora": True}),
     ],
-    ids=["droplora-axolotl-train", "droplora-python-m", "droplora+milora", "lora+milora"],
+    ids=["droplora-axolotl-train", "droplora-python-m", "droplora+milora", "lora+milora",
+         "droplora+dora", "droplora+pissa", "droplora+rslora"],
 )
 def test_trains_saves_plain_lora_for_the_original_base_and_merges(tmp_path, demo_dir, launcher, overrides):
     import torch
@@ -74,10 +79,11 @@ def test_trains_saves_plain_lora_for_the_original_base_and_merges(tmp_path, demo
         assert LAYERS_LOG.format(p=0.3, mode=overrides["droplora_mask_mode"], rescale=True) in log
     else:
         assert "DropLoRA: rank dropout" not in log
-    milora = "peft_init_lora_weights" in overrides
-    if milora:
+    milora = "peft_init_lora_weights" in overrides  # MiLoRA or PiSSA: saves are converted
+    if overrides.get("peft_init_lora_weights") == "milora":
         assert "MiLoRA: initialised 10 layers in" in log
-        assert "MiLoRA: adapter converted to rank 2r on the original base for saving" in log
+    if milora:
+        assert "adapter converted to rank 2r on the original base for saving" in log
     assert math.isfinite(train_loss(log))
 
     out = tmp_path / "out"
@@ -87,7 +93,7 @@ def test_trains_saves_plain_lora_for_the_original_base_and_merges(tmp_path, demo
         assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == rank, adapter_dir
         assert adapter_config["init_lora_weights"] is True
         weights = load_file(adapter_dir / "adapter_model.safetensors")
-        assert all(re.search(r"\.lora_[AB]\.weight$", name) for name in weights)
+        assert all(re.search(r"\.(lora_[AB]\.weight|lora_magnitude_vector)$", name) for name in weights)
         assert all(w.shape[0] == rank for name, w in weights.items() if "lora_A" in name)
     lora_b = {name: w for name, w in weights.items() if "lora_B" in name}
     assert len(lora_b) == 10 and all(w.abs().sum() > 0 for w in lora_b.values())  # B starts at 0
