@@ -8,9 +8,15 @@ smallest triplets (U_m: d_out × r, S_m: r, V_m: d_in × r). With s the layer's 
     A = diag(√(S_m / s)) · V_mᵀ                    (r × d_in)
     W_p = W − s·B·A = W − U_m·diag(S_m)·V_mᵀ       the frozen base keeps the principal part
 
-so W_p + s·B·A = W and the model's output at step 0 is unchanged. The SVD is a full one in
-float32 (weights may be bf16/fp16) on the weight's own device, batched over weights of the
-same shape. As in the authors' code and the papers, recipes use lora_alpha = r (s = 1).
+so W_p + s·B·A = W and the model's output at step 0 is unchanged. As in the authors' code and
+the papers, recipes use lora_alpha = r (s = 1).
+
+The minor triplets come from the eigendecomposition of the float64 Gram matrix (W·Wᵀ or Wᵀ·W,
+whichever is smaller), batched over weights of the same shape, on the weight's own device:
+λ = σ², the eigenvectors are one side's singular vectors and the other side follows from W.
+Only the r smallest eigenpairs are computed on CPU (LAPACK's selective solver); all of them,
+batched, on GPU. In float64 the r smallest σ match a float64 SVD far better than the authors'
+float32 SVD does, in less time (bench/bench_milora_init.py measures both).
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ import logging
 import time
 from collections import defaultdict
 
+import scipy.linalg
 import torch
 from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
 
 LOG = logging.getLogger(__name__)
-SVD_BATCH_BYTES = 1 << 30  # stack at most this many bytes of float32 weights into one batched SVD
+BATCH_BYTES = 1 << 30  # stack at most this many bytes of float64 Gram matrices at once
 
 
 def _target_layers(model: torch.nn.Module, adapter_name: str) -> list[tuple[str, LoraLayer]]:
@@ -52,25 +59,63 @@ def _target_layers(model: torch.nn.Module, adapter_name: str) -> list[tuple[str,
 @torch.no_grad()
 def init_milora(model: torch.nn.Module, adapter_name: str = "default") -> int:
     """Re-initialise every LoRA layer of `model` with MiLoRA, in place. Returns the layer count."""
-    layers = _target_layers(model, adapter_name)
-    by_shape = defaultdict(list)
-    for name, layer in layers:
-        weight = layer.get_base_layer().weight
-        by_shape[(tuple(weight.shape), weight.device, layer.r[adapter_name])].append(layer)
-
+    layers = [layer for _, layer in _target_layers(model, adapter_name)]
+    by_rank = defaultdict(list)  # ranks differ between layers with lora_rank_pattern
+    for layer in layers:
+        by_rank[layer.r[adapter_name]].append(layer)
     start = time.perf_counter()
-    with tqdm(total=len(layers), desc="MiLoRA init (SVD)", unit="layer") as progress:
-        for (shape, _, rank), group in by_shape.items():
-            per_batch = max(1, SVD_BATCH_BYTES // (4 * shape[0] * shape[1]))
-            for first in range(0, len(group), per_batch):
-                batch = group[first:first + per_batch]
-                weights = torch.stack([layer.get_base_layer().weight.float() for layer in batch])
-                u, s, vh = torch.linalg.svd(weights, full_matrices=False)
-                for i, layer in enumerate(batch):
-                    _set_minor_components(layer, adapter_name, u[i, :, -rank:], s[i, -rank:], vh[i, -rank:, :])
-                progress.update(len(batch))
+    with tqdm(total=len(layers), desc="MiLoRA init", unit="layer") as progress:
+        for rank, group in by_rank.items():
+            weights = [layer.get_base_layer().weight for layer in group]
+            for layer, triplet in zip(group, minor_components(weights, rank, progress.update)):
+                _set_minor_components(layer, adapter_name, *triplet)
     LOG.info(f"MiLoRA: initialised {len(layers)} layers in {time.perf_counter() - start:.1f} s")
     return len(layers)
+
+
+@torch.no_grad()
+def minor_components(weights: list[torch.Tensor], rank: int, on_batch=None) -> list[tuple[torch.Tensor, ...]]:
+    """(U_m, S_m, V_mᵀ) in float32, S_m descending, for each weight; same shapes share a batch."""
+    by_shape = defaultdict(list)
+    for index, weight in enumerate(weights):
+        by_shape[tuple(weight.shape), weight.device].append(index)
+    triplets = [None] * len(weights)
+    for (shape, _), indices in by_shape.items():
+        per_batch = max(1, BATCH_BYTES // (8 * min(shape) ** 2))
+        for first in range(0, len(indices), per_batch):
+            batch = indices[first:first + per_batch]
+            for index, triplet in zip(batch, _minor_components_batch([weights[i] for i in batch], rank)):
+                triplets[index] = triplet
+            if on_batch:
+                on_batch(len(batch))
+    return triplets
+
+
+def _minor_components_batch(weights: list[torch.Tensor], rank: int) -> list[tuple[torch.Tensor, ...]]:
+    w = torch.stack([weight.double() for weight in weights])  # (batch, m, n)
+    wide = w.shape[1] <= w.shape[2]
+    gram = w @ w.mT if wide else w.mT @ w  # (batch, k, k), k = min(m, n)
+    eigenvalues, vectors = _smallest_eigenpairs(gram, rank)  # ascending
+    sigma = eigenvalues.flip(-1).clamp_min(0).sqrt()
+    vectors = vectors.flip(-1)
+    # the other side's vectors from W itself; σ floored so a zero singular value gives zeros
+    safe = sigma.clamp_min(torch.finfo(torch.float64).tiny ** 0.5)[:, :, None]
+    if wide:
+        u, vh = vectors, (vectors.mT @ w) / safe
+    else:
+        u, vh = (w @ vectors) / safe.mT, vectors.mT
+    return [(u[i].float(), sigma[i].float(), vh[i].float()) for i in range(len(weights))]
+
+
+def _smallest_eigenpairs(gram: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `rank` smallest eigenvalues (ascending) and eigenvectors of each symmetric matrix."""
+    if gram.device.type != "cpu":
+        eigenvalues, eigenvectors = torch.linalg.eigh(gram)  # cuSOLVER: all pairs, batched
+        return eigenvalues[:, :rank], eigenvectors[:, :, :rank]
+    # LAPACK's selective solver computes only the pairs asked for: ~2.5x faster than all of them
+    pairs = [scipy.linalg.eigh(g.numpy(), subset_by_index=[0, rank - 1], driver="evx") for g in gram]
+    return (torch.stack([torch.from_numpy(values) for values, _ in pairs]),
+            torch.stack([torch.from_numpy(vectors) for _, vectors in pairs]))
 
 
 def _set_minor_components(layer: LoraLayer, adapter: str, u_m, s_m, vh_m) -> None:
