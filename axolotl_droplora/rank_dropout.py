@@ -20,9 +20,15 @@ The mask is applied by a forward hook on each `lora_A[adapter]` module, with the
 module registered as its child so that `model.train()` / `model.eval()` reach it and
 `print(model)` shows it. It owns no parameter or buffer: the state dict, and so the saved
 adapter, is exactly PEFT's LoRA.
+
+DoRA: the mask acts on DoRA's activation path, lora_B(M ⊙ lora_A(x)). PEFT also calls lora_A on
+an identity matrix to get B·A for DoRA's (detached) weight norm; that call is left unmasked, so
+the norm is ‖W + s·B·A‖ as in DoRA, not a norm of a randomly masked weight.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +60,7 @@ class RankDropout(nn.Module):
         self.p = float(p)
         self.mask_mode = mask_mode
         self.rescale = rescale
+        self.dora_input = None  # on DoRA layers: weakref to the activation DoRA was called with
 
     def forward(self, a_x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
@@ -78,17 +85,31 @@ class RankDropout(nn.Module):
         return f"p={self.p}, mask_mode={self.mask_mode}, rescale={self.rescale}"
 
 
-def _apply_rank_dropout(lora_a: nn.Module, _inputs, a_x: torch.Tensor) -> torch.Tensor:
-    return lora_a.rank_dropout(a_x)
+def _apply_rank_dropout(lora_a: nn.Module, inputs, a_x: torch.Tensor) -> torch.Tensor:
+    rank_dropout = lora_a.rank_dropout
+    if rank_dropout.dora_input is not None and inputs[0] is not rank_dropout.dora_input():
+        return a_x  # DoRA's weight-norm probe lora_A(I), not an activation
+    return rank_dropout(a_x)
+
+
+class _TrackDoraInput:
+    """Forward pre-hook on a DoRA layer: remembers the activation whose A·x is to be masked."""
+
+    def __init__(self, rank_dropout: RankDropout):
+        self.rank_dropout = rank_dropout
+
+    def __call__(self, dora_layer: nn.Module, args) -> None:
+        self.rank_dropout.dora_input = weakref.ref(args[0])
 
 
 def _lora_a_modules(model: nn.Module, adapter_names: list[str] | None = None):
-    """(qualified name, lora_A module) for every LoRA layer and adapter of `model`."""
+    """(qualified name, lora_A module, DoRA layer or None) for every LoRA layer and adapter."""
     for layer_name, layer in model.named_modules():
         if isinstance(layer, LoraLayer):
             for adapter, lora_a in layer.lora_A.items():
                 if adapter_names is None or adapter in adapter_names:
-                    yield f"{layer_name}.lora_A.{adapter}", lora_a
+                    dora = layer.lora_magnitude_vector[adapter] if layer.use_dora.get(adapter) else None
+                    yield f"{layer_name}.lora_A.{adapter}", lora_a, dora
 
 
 def install_rank_dropout(
@@ -111,18 +132,20 @@ def install_rank_dropout(
             + (f" for adapter(s) {adapter_names}" if adapter_names else "")
             + ": wrap it first with peft.get_peft_model(model, LoraConfig(...))"
         )
-    for _, lora_a in targets:
-        _uninstall(lora_a)
+    for _, lora_a, dora in targets:
+        _uninstall(lora_a, dora)
         lora_a.rank_dropout = RankDropout(p, mask_mode, rescale).train(lora_a.training)
         lora_a.register_forward_hook(_apply_rank_dropout)
-    return [name for name, _ in targets]
+        if dora is not None:
+            dora.register_forward_pre_hook(_TrackDoraInput(lora_a.rank_dropout))
+    return [name for name, _, _ in targets]
 
 
 def remove_rank_dropout(model: nn.Module) -> int:
     """Take rank dropout off every LoRA layer; returns how many were removed."""
     removed = 0
-    for _, lora_a in _lora_a_modules(model):
-        removed += _uninstall(lora_a)
+    for _, lora_a, dora in _lora_a_modules(model):
+        removed += _uninstall(lora_a, dora)
     return removed
 
 
@@ -130,18 +153,21 @@ def installed_rank_dropout(model: nn.Module) -> dict[str, RankDropout]:
     """The rank dropout modules on `model`, by the name of the `lora_A` module they act on."""
     return {
         name: lora_a.rank_dropout
-        for name, lora_a in _lora_a_modules(model)
+        for name, lora_a, _ in _lora_a_modules(model)
         if isinstance(getattr(lora_a, "rank_dropout", None), RankDropout)
     }
 
 
-def _uninstall(lora_a: nn.Module) -> bool:
+def _uninstall(lora_a: nn.Module, dora: nn.Module | None) -> bool:
     if not isinstance(getattr(lora_a, "rank_dropout", None), RankDropout):
         return False
-    # found by identity rather than through a stored handle, which a deepcopy would leave
+    # found by identity rather than through stored handles, which a deepcopy would leave
     # pointing at the original module's hooks
     for hook_id, hook in list(lora_a._forward_hooks.items()):
         if hook is _apply_rank_dropout:
             del lora_a._forward_hooks[hook_id]
+    for hook_id, hook in list(dora._forward_pre_hooks.items()) if dora is not None else []:
+        if isinstance(hook, _TrackDoraInput):
+            del dora._forward_pre_hooks[hook_id]
     del lora_a.rank_dropout
     return True

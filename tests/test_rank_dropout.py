@@ -244,3 +244,26 @@ assert not any(m.startswith("axolotl_droplora") for m in sys.modules), "imported
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, atol=1e-5, rtol=0)
+
+
+def test_dora_masks_the_activation_path_and_normalises_by_the_unmasked_weight():
+    model = tiny_lora_model(use_dora=True).train()
+    install_rank_dropout(model, p=0.5, mask_mode="batch")
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    recorder = MaskRecorder(model)
+    x = torch.randn(2, 5, 32)
+    torch.manual_seed(0)
+    got = layer(x)
+    probe, activation = recorder.take()  # DoRA first calls lora_A(I) for its weight norm
+    assert torch.all(probe == 1)  # left unmasked
+    mask = activation[0, 0]
+    assert 0 < int((mask == 0).sum()) < 8
+    a, b, s = layer.lora_A["default"].weight, layer.lora_B["default"].weight, layer.scaling["default"]
+    w = layer.base_layer.weight
+    norm = torch.linalg.norm(w + s * b @ a, dim=1)  # of the unmasked weight, as in DoRA
+    scale = layer.lora_magnitude_vector["default"].weight / norm
+    expected = scale * (x @ w.T + s * (((x @ a.T) * mask) @ b.T))
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert remove_rank_dropout(model) == 10
+    assert not any(hook for m in model.modules() for hook in m._forward_pre_hooks.values()
+                   if type(hook).__name__ == "_TrackDoraInput")
