@@ -53,6 +53,11 @@ def _target_layers(model: torch.nn.Module, adapter_name: str) -> list[tuple[str,
             )
         if getattr(layer, "fan_in_fan_out", False):
             raise ValueError(f"MiLoRA does not support fan_in_fan_out layers ({name})")
+        if layer.r[adapter_name] > min(base.weight.shape):
+            raise ValueError(
+                f"MiLoRA takes the r={layer.r[adapter_name]} smallest singular triplets, but {name} "
+                f"is {tuple(base.weight.shape)} and has only {min(base.weight.shape)}: lower lora_r"
+            )
     return layers
 
 

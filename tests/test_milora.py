@@ -56,3 +56,11 @@ def test_bfloat16_weights_keep_the_function_they_compute():
 def test_a_model_without_lora_is_refused():
     with pytest.raises(ValueError, match="MiLoRA needs a PEFT LoRA model with adapter 'default'"):
         init_milora(tiny_base_model())
+
+
+def test_a_rank_above_the_weights_smaller_side_is_refused():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_base_model(), LoraConfig(r=24, target_modules=["k_proj"]))  # k_proj: 16 x 32
+    with pytest.raises(ValueError, match=r"takes the r=24 smallest singular triplets, but .*k_proj is \(16, 32\) and has only 16: lower lora_r"):
+        init_milora(model)
