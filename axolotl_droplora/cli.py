@@ -60,3 +60,56 @@ def check_adapter_command(adapter_dir: Path, base: Path | None):
         if not torch.isfinite(logits).all():
             raise click.ClickException(f"{adapter_dir} on {base} gives non-finite logits")
         click.echo(f"loads with PEFT on {base}; logits finite")
+
+
+@droplora.command("eval")
+@click.argument("model")
+@click.option("--adapter", help="A PEFT adapter folder to load on MODEL (omit for a merged model).")
+@click.option("--task", type=click.Choice(["commonsense", "math", "code"]), required=True)
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Folder with <set>/test.json (LLM-Adapters / MetaMath layout).")
+@click.option("--sets", help="Comma-separated subset of the task's sets (default: all).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--max-new-tokens", default=256, show_default=True)
+@click.option("--limit", type=int, help="Only the first N records of each set.")
+@click.option("--vllm", "use_vllm", is_flag=True, help="Generate with vLLM (must be installed).")
+@click.option("--execute", is_flag=True, help="Run generated code (subprocess, 10 s timeout) for pass@1.")
+def eval_command(model, adapter, task, data_dir, sets, out_dir, batch_size, max_new_tokens, limit, use_vllm, execute):
+    """Generate and score MODEL on a paper task; writes OUT/results.json (resumable)."""
+    from .evaluate import TASK_SETS, EvalDataError, Generator, evaluate
+
+    chosen = sets.split(",") if sets else TASK_SETS[task]
+    unknown = [name for name in chosen if name not in TASK_SETS[task]]
+    if unknown:
+        raise click.ClickException(f"unknown {task} set(s) {', '.join(unknown)}; known: {', '.join(TASK_SETS[task])}")
+    try:
+        from .evaluate import load_set
+
+        for name in chosen:  # every data error before the model is loaded
+            load_set(Path(data_dir), name)
+        results = evaluate(Generator(model, adapter, use_vllm, max_new_tokens), data_dir, chosen, out_dir,
+                           batch_size=batch_size, limit=limit, execute=execute)
+    except EvalDataError as err:
+        raise click.ClickException(str(err)) from None
+    for name, numbers in results["sets"].items():
+        click.echo(f"{name}: " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items()))
+    if "average" in results:
+        click.echo(f"average: {results['average']:.2f}")
+
+
+@droplora.command("compare")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--paper", type=click.Path(exists=True, dir_okay=False),
+              help="JSON {label: {set: number}} of the paper's numbers, added as rows.")
+def compare_command(runs, out_dir, paper):
+    """Table (Markdown) and bar chart (PNG) of several eval runs, laid out like the papers'."""
+    import json
+
+    from .evaluate import EvalDataError, compare
+
+    try:
+        click.echo(compare(runs, out_dir, json.loads(Path(paper).read_text()) if paper else None))
+    except EvalDataError as err:
+        raise click.ClickException(str(err)) from None
