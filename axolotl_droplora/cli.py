@@ -113,3 +113,25 @@ def compare_command(runs, out_dir, paper):
         click.echo(compare(runs, out_dir, json.loads(Path(paper).read_text()) if paper else None))
     except EvalDataError as err:
         raise click.ClickException(str(err)) from None
+
+
+@droplora.command("analyze")
+@click.argument("base_model")
+@click.argument("adapter_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--layers", help="Comma-separated layer indices (default: all).")
+@click.option("--modules", help="Comma-separated module names, e.g. q_proj,down_proj (default: all).")
+@click.option("--rank", type=int, help="r of the subspaces compared (default: the adapter's r).")
+@click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False),
+              help="A text file for the forgetting loss against the base model.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+def analyze_command(base_model, adapter_dir, layers, modules, rank, text_file, out_dir):
+    """MiLoRA's analyses of ADAPTER_DIR on BASE_MODEL: subspace similarity, amplification, forgetting."""
+    from .analysis import analyze
+
+    try:
+        analyze(base_model, adapter_dir, [int(x) for x in layers.split(",")] if layers else None,
+                modules.split(",") if modules else None,
+                Path(text_file).read_text() if text_file else None, out_dir, rank)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo((Path(out_dir) / "analysis.md").read_text())
