@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .plots import grouped_bars
+
 
 def subspace_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
     """φ(A, B) = ‖AᵀB‖²_F / r for column-orthonormal A, B of shape (d, r)."""
@@ -83,10 +85,6 @@ def analyze(base_dir: str, adapter_dir: str, layers: list[int] | None, modules: 
     import json
     from pathlib import Path
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -117,15 +115,10 @@ def analyze(base_dir: str, adapter_dir: str, layers: list[int] | None, modules: 
         lines += ["", f"Forgetting loss (cross-entropy against the base model's predictions): {report['forgetting_loss']:.4f}"]
     (out_dir / "analysis.md").write_text("\n".join(lines) + "\n")
 
-    figure, axes = plt.subplots(figsize=(max(6, 0.5 * len(chosen)), 4), dpi=100)
     names = list(chosen)
-    for k, key in enumerate(("phi_top", "phi_bottom", "phi_random")):
-        axes.bar([i + 0.27 * k for i in range(len(names))], [chosen[n][key] for n in names], 0.27,
-                 label=key.replace("phi_", "φ vs W's ") + (" r" if key != "phi_random" else " subspace"))
-    axes.set_xticks([i + 0.27 for i in range(len(names))], [n.split("layers.")[-1] for n in names], rotation=45, ha="right")
-    axes.set_ylabel("subspace similarity φ with ΔW's top r")
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(out_dir / "analysis.png")
-    plt.close(figure)
+    grouped_bars(out_dir / "analysis.png", [n.split("layers.")[-1] for n in names],
+                 {"φ vs W's top r": [chosen[n]["phi_top"] for n in names],
+                  "φ vs W's bottom r": [chosen[n]["phi_bottom"] for n in names],
+                  "φ vs a random subspace": [chosen[n]["phi_random"] for n in names]},
+                 "subspace similarity φ with ΔW's top r")
     return report

@@ -20,6 +20,7 @@ import json
 import os
 from pathlib import Path
 
+from .plots import grouped_bars
 from .scorers import (
     COMMONSENSE_PATTERNS,
     commonsense_answer,
@@ -226,11 +227,6 @@ def pass_rate(set_name: str, records: list[dict], scored: list[dict], timeout_s:
 def compare(run_dirs: list[str | Path], out_dir: str | Path, paper: dict | None = None) -> str:
     """A Markdown table (runs × sets, then the average, as in the papers' tables) and a PNG
     bar chart of the same numbers. `paper`: {row label: {set: number}} added as extra rows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = {}
     for run in map(Path, run_dirs):
         results_file = run / "results.json"
@@ -253,14 +249,7 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, paper: dict | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.md").write_text(table)
 
-    figure, axes = plt.subplots(figsize=(max(6, 1.2 * len(sets) * max(1, len(rows)) / 2), 4), dpi=100)
-    width = 0.8 / max(1, len(rows))
-    for k, (label, numbers) in enumerate(rows.items()):
-        axes.bar([i + k * width for i in range(len(sets))], [numbers.get(n) or 0 for n in sets], width, label=label)
-    axes.set_xticks([i + 0.4 - width / 2 for i in range(len(sets))], sets, rotation=30, ha="right")
-    axes.set_ylabel("accuracy / pass@1 (%)")
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(out_dir / "comparison.png")
-    plt.close(figure)
+    grouped_bars(out_dir / "comparison.png", sets,
+                 {label: [numbers.get(n) or 0 for n in sets] for label, numbers in rows.items()},
+                 "accuracy / pass@1 (%)")
     return table
