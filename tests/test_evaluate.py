@@ -127,3 +127,15 @@ def test_compare_of_a_run_without_results_says_what_to_do(tmp_path):
     ran = run_cli([sys.executable, "-m", "axolotl_droplora", "compare", str(tmp_path / "empty"), "--out",
                    str(tmp_path / "report")], cwd=tmp_path)
     assert ran.returncode != 0 and "results.json not found: run `axolotl droplora eval`" in ran.stderr
+
+
+def test_vllm_without_vllm_installed_says_how_to_get_it(tmp_path, demo_dir):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm"):
+        pytest.skip("vllm is installed here; this test covers a machine without it, like CI")
+    write_sets(tmp_path / "data", {"boolq": COMMONSENSE["boolq"]})
+    ran = run_cli([sys.executable, "-m", "axolotl_droplora", "eval", str(demo_dir / "model"), "--task", "commonsense",
+                   "--sets", "boolq", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--vllm"],
+                  cwd=tmp_path)
+    assert ran.returncode != 0 and "--vllm was asked for, but vllm is not installed: pip install vllm" in ran.stderr

@@ -147,3 +147,20 @@ def test_a_trainer_without_lora_fails_at_construction(demo_dir, tmp_path):
             processing_class=AutoTokenizer.from_pretrained(demo_dir / "model"),
             callbacks=[DropLoRACallback(rank_dropout=0.3)],
         )
+
+
+def test_residual_save_base_keeps_the_adapter_as_trained_and_says_so(demo_dir, tmp_path, caplog):
+    callback = DropLoRACallback(rank_dropout=None, milora=True, save_base="residual")
+    with caplog.at_level("WARNING", logger="axolotl_droplora"):
+        trainer = make_trainer(demo_dir, tmp_path, callback, r=8, alpha=8)
+    assert "saving the residual form: the adapter is valid only on the residual base W_p" in caplog.text
+    trainer.train()
+    trainer.save_model()
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert config["r"] == 8  # not converted
+    tokens = torch.tensor([[5, 17, 42, 99, 3, 250]])
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model(input_ids=tokens).logits
+    on_original = vanilla_peft_logits(demo_dir / "model", tmp_path / "out", tokens, tmp_path)
+    assert (on_original - expected).abs().max() > 1e-3  # only valid on W_p, as the warning says
