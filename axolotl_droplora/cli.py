@@ -14,11 +14,14 @@ def droplora():
 
 @droplora.command("make-demo")
 @click.argument("demo_dir", type=click.Path(file_okay=False, path_type=Path), default="demo")
-def make_demo_command(demo_dir: Path):
-    """Build the embedded demo (tiny Llama, arithmetic data, droplora.yml) in DEMO_DIR."""
+@click.option("--base-model", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Train this model (e.g. the folder `axolotl droplora smollm2` prints) instead of "
+                   "the tiny one built in DEMO_DIR/model.")
+def make_demo_command(demo_dir: Path, base_model: Path | None):
+    """Write the demo arithmetic task and droplora.yml (and the tiny model) in DEMO_DIR."""
     from .demo import make_demo
 
-    recipe = make_demo(demo_dir)
+    recipe = make_demo(demo_dir, base_model)
     click.echo(f"wrote {recipe}\ntrain it with: axolotl train {recipe}")
 
 
@@ -77,7 +80,7 @@ def check_adapter_command(adapter_dir: Path, base: Path | None):
 @click.option("--execute", is_flag=True, help="Run generated code (subprocess, 10 s timeout) for pass@1.")
 def eval_command(model, adapter, task, data_dir, sets, out_dir, batch_size, max_new_tokens, limit, use_vllm, execute):
     """Generate and score MODEL on a paper task; writes OUT/results.json (resumable)."""
-    from .evaluate import TASK_SETS, EvalDataError, Generator, evaluate
+    from .evaluate import TASK_SETS, EvalDataError, Generator, evaluate, run_signature
 
     chosen = sets.split(",") if sets else TASK_SETS[task]
     unknown = [name for name in chosen if name not in TASK_SETS[task]]
@@ -88,8 +91,9 @@ def eval_command(model, adapter, task, data_dir, sets, out_dir, batch_size, max_
 
         for name in chosen:  # every data error before the model is loaded
             load_set(Path(data_dir), name)
+        run_info = run_signature(model, adapter, max_new_tokens)
         results = evaluate(Generator(model, adapter, use_vllm, max_new_tokens), data_dir, chosen, out_dir,
-                           batch_size=batch_size, limit=limit, execute=execute)
+                           batch_size=batch_size, limit=limit, execute=execute, run_info=run_info)
     except EvalDataError as err:
         raise click.ClickException(str(err)) from None
     for name, numbers in results["sets"].items():

@@ -1,8 +1,12 @@
-"""The embedded default model and task: built locally, since no model hub is reachable.
+"""The demo task, and the embedded tiny model the tests use: all made locally (no model hub).
 
-`make_demo(dir)` writes a tiny Llama-architecture model with its own byte-level BPE tokenizer,
-an arithmetic word-problem task in Alpaca JSONL (train and held-out splits with unique answers),
-and a ready `droplora.yml` that trains it through Axolotl.
+`make_demo(dir)` writes an arithmetic task ("What is 12 plus 30?"; train and held-out splits
+with unique answers), a ready `droplora.yml` that trains on it through Axolotl, and, unless a
+base model is given (the README's main job passes SmolLM2-135M-Instruct), a tiny
+Llama-architecture model with its own byte-level BPE tokenizer. The training prompt is the
+evaluation prompt of `axolotl droplora eval --task math` (MetaMath's), and the answers end in
+"The answer is: N", so the held-out split (`heldout/gsm8k/test.json`) scores before and after
+training with the same GSM8K scorer the papers use.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def arithmetic_problems(n: int, seed: int) -> list[dict]:
             {
                 "instruction": f"What is {a} {op} {b}?",
                 "input": "",
-                "output": f"{a} {symbol} {b} = {answer}. The answer is {answer}.",
+                "output": f"{a} {symbol} {b} = {answer}. The answer is: {answer}",
                 "answer": str(answer),
             }
         )
@@ -84,10 +88,13 @@ def build_tiny_llama(tokenizer, seed: int = 0, **overrides):
     return LlamaForCausalLM(config)
 
 
-def demo_config(demo_dir: Path) -> dict:
+def demo_config(demo_dir: Path, base_model: Path | None = None) -> dict:
     """The Axolotl recipe for the demo: DropLoRA with the paper's layer targets."""
+    from .evaluate import MATH_PROMPT
+
+    prompt = MATH_PROMPT + "\n"  # what `eval --task math` asks, so before/after compare like for like
     return {
-        "base_model": str(demo_dir / "model"),
+        "base_model": str(base_model or demo_dir / "model"),
         "plugins": ["axolotl_droplora.DropLoRAPlugin"],
         "adapter": "droplora",
         "lora_r": 16,
@@ -96,17 +103,23 @@ def demo_config(demo_dir: Path) -> dict:
         "lora_target_modules": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
         "droplora_rank_dropout": 0.3,
         "droplora_mask_mode": "element",
-        "datasets": [{"path": str(demo_dir / "data" / "train.jsonl"), "ds_type": "json", "type": "alpaca"}],
+        "datasets": [{"path": str(demo_dir / "data" / "train.jsonl"), "ds_type": "json", "type": {
+            "field_instruction": "instruction", "field_output": "output",
+            "format": prompt, "no_input_format": prompt}}],
         "dataset_prepared_path": str(demo_dir / "prepared"),
         "val_set_size": 0,
-        "sequence_len": 128,
+        "sequence_len": 96,
         "micro_batch_size": 8,
         "gradient_accumulation_steps": 1,
-        "max_steps": 30,
-        "learning_rate": 0.002,
+        "max_steps": 20,
+        "learning_rate": 0.002 if base_model is None else 0.001,
         "lr_scheduler": "linear",
         "warmup_steps": 3,
         "optimizer": "adamw_torch",
+        # explicit: left unset, Axolotl 0.19 picks fp16 when bf16 is off, and half-precision
+        # matmuls on CPU are an order of magnitude slower than float32
+        "bf16": False,
+        "fp16": False,
         "train_on_inputs": False,
         "logging_steps": 5,
         "save_strategy": "no",
@@ -115,8 +128,10 @@ def demo_config(demo_dir: Path) -> dict:
     }
 
 
-def make_demo(demo_dir: str | Path, n_train: int = 400, n_heldout: int = 40) -> Path:
-    """Write model/, data/{train,heldout}.jsonl and droplora.yml under `demo_dir` (idempotent)."""
+def make_demo(demo_dir: str | Path, base_model: str | Path | None = None,
+              n_train: int = 400, n_heldout: int = 40) -> Path:
+    """Write data/, heldout/gsm8k/test.json and droplora.yml under `demo_dir` (idempotent), and
+    the tiny model in model/ when no `base_model` is given. Returns the recipe's path."""
     demo_dir = Path(demo_dir).resolve()
     problems = arithmetic_problems(n_train + n_heldout, seed=1234)
     splits = {"train": problems[:n_train], "heldout": problems[n_train:]}
@@ -124,13 +139,15 @@ def make_demo(demo_dir: str | Path, n_train: int = 400, n_heldout: int = 40) -> 
     for split, records in splits.items():
         with open(demo_dir / "data" / f"{split}.jsonl", "w") as out:
             out.writelines(json.dumps(record) + "\n" for record in records)
+    (demo_dir / "heldout" / "gsm8k").mkdir(parents=True, exist_ok=True)
+    (demo_dir / "heldout" / "gsm8k" / "test.json").write_text(json.dumps(splits["heldout"], indent=1))
 
     model_dir = demo_dir / "model"
-    if not (model_dir / "config.json").is_file():
+    if base_model is None and not (model_dir / "config.json").is_file():
         tokenizer = build_tokenizer(
             [f"{r['instruction']} {r['output']}" for r in problems]
-            # the Alpaca preamble Axolotl prepends, so it tokenizes to a few merged tokens
-            + [ALPACA_PREAMBLE] * 50
+            # the prompt Axolotl puts around each question, so it tokenizes to a few merged tokens
+            + [ALPACA_PREAMBLE + " Let's think step by step."] * 50
         )
         model = build_tiny_llama(tokenizer)
         # write into a scratch folder and rename, so an interrupted build is never mistaken
@@ -141,6 +158,7 @@ def make_demo(demo_dir: str | Path, n_train: int = 400, n_heldout: int = 40) -> 
         scratch.rename(model_dir)
 
     with open(demo_dir / "droplora.yml", "w") as out:
-        out.write("# DropLoRA on the embedded tiny demo model; made by `axolotl droplora make-demo`\n")
-        yaml.safe_dump(demo_config(demo_dir), out, sort_keys=False)
+        out.write("# DropLoRA on the demo arithmetic task; made by `axolotl droplora make-demo`\n")
+        yaml.safe_dump(demo_config(demo_dir, Path(base_model).resolve() if base_model else None), out,
+                       sort_keys=False)
     return demo_dir / "droplora.yml"

@@ -148,13 +148,21 @@ class Generator:
 
 
 def evaluate(generate, data_dir: str | Path, sets: list[str], out_dir: str | Path,
-             batch_size: int = 8, limit: int | None = None, execute: bool = False) -> dict:
-    """Generate (resuming), score, and write results.json; returns the results."""
+             batch_size: int = 8, limit: int | None = None, execute: bool = False,
+             run_info: dict | None = None) -> dict:
+    """Generate (resuming), score, and write results.json; returns the results.
+
+    `run_info` (model, adapter, settings) is kept in out_dir/run.json: resuming into a folder
+    whose predictions came from another model or other settings is refused, not mixed in."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     data = {name: load_set(Path(data_dir), name)[:limit] for name in sets}  # all errors before any work
+    if run_info is not None:
+        _check_same_run(out_dir, run_info)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if run_info is not None:
+        (out_dir / "run.json").write_text(json.dumps(run_info, indent=1))
     log = out_dir / "predictions.jsonl"
     done = {}
     if log.is_file():
@@ -197,6 +205,29 @@ def evaluate(generate, data_dir: str | Path, sets: list[str], out_dir: str | Pat
     scratch.write_text(json.dumps(results, indent=1))
     scratch.replace(out_dir / "results.json")  # a complete file or none
     return results
+
+
+def _check_same_run(out_dir: Path, run_info: dict) -> None:
+    previous = out_dir / "run.json"
+    if (out_dir / "predictions.jsonl").is_file() and previous.is_file():
+        before = json.loads(previous.read_text())
+        if before != run_info:
+            changed = sorted(k for k in set(before) | set(run_info) if before.get(k) != run_info.get(k))
+            raise EvalDataError(
+                f"{out_dir} holds predictions from another run ({', '.join(changed)} differ): "
+                f"use a new --out, or delete {out_dir} to start over"
+            )
+
+
+def run_signature(model: str, adapter: str | None, max_new_tokens: int) -> dict:
+    """What makes generations comparable: the model, the adapter's exact weights, the settings."""
+    import hashlib
+
+    weights = Path(adapter or "", "adapter_model.safetensors")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if adapter and weights.is_file() else None
+    return {"model": str(Path(model).resolve()) if Path(model).exists() else model,
+            "adapter": str(Path(adapter).resolve()) if adapter else None,
+            "adapter_sha256": digest, "max_new_tokens": max_new_tokens}
 
 
 def _write_code_jsonl(path: Path, records: list[dict], scored: list[dict]) -> None:

@@ -15,7 +15,7 @@ def test_problems_are_distinct_with_correct_unique_answers():
     for p in problems:
         a, op, b = p["instruction"].removeprefix("What is ").removesuffix("?").split()
         expected = {"plus": int(a) + int(b), "minus": int(a) - int(b), "times": int(a) * int(b)}[op]
-        assert p["answer"] == str(expected) and p["output"].endswith(f"The answer is {expected}.")
+        assert p["answer"] == str(expected) and p["output"].endswith(f"The answer is: {expected}")
 
 
 def test_make_demo_writes_disjoint_splits_and_a_recipe_and_is_idempotent(tmp_path):
@@ -31,3 +31,17 @@ def test_make_demo_writes_disjoint_splits_and_a_recipe_and_is_idempotent(tmp_pat
     config = yaml.safe_load(recipe.read_text())
     assert config["adapter"] == "droplora" and config["plugins"] == ["axolotl_droplora.DropLoRAPlugin"]
     assert config["base_model"] == str(tmp_path / "model")
+    heldout_file = json.loads((tmp_path / "heldout" / "gsm8k" / "test.json").read_text())
+    assert [r["instruction"] for r in heldout_file] == heldout
+
+
+def test_the_training_prompt_is_the_math_evaluation_prompt(tmp_path):
+    from axolotl_droplora.evaluate import MATH_PROMPT, prompt_for
+    from axolotl_droplora.scorers import gsm8k_correct
+
+    config = yaml.safe_load(make_demo(tmp_path, base_model=tmp_path).read_text())
+    assert config["base_model"] == str(tmp_path) and not (tmp_path / "model").exists()
+    record = json.loads((tmp_path / "data" / "train.jsonl").read_text().splitlines()[0])
+    train_prompt = config["datasets"][0]["type"]["no_input_format"].format(instruction=record["instruction"])
+    assert train_prompt == prompt_for("gsm8k", record) + "\n" == MATH_PROMPT.format(instruction=record["instruction"]) + "\n"
+    assert gsm8k_correct(record["output"], record["answer"])

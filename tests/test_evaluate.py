@@ -139,3 +139,13 @@ def test_vllm_without_vllm_installed_says_how_to_get_it(tmp_path, demo_dir):
                    "--sets", "boolq", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--vllm"],
                   cwd=tmp_path)
     assert ran.returncode != 0 and "--vllm was asked for, but vllm is not installed: pip install vllm" in ran.stderr
+
+
+def test_resuming_into_a_folder_of_another_model_is_refused(tmp_path):
+    write_sets(tmp_path / "data", MATH)
+    answer = lambda prompts: ["The answer is: 42"] * len(prompts)  # noqa: E731
+    first = {"model": "a", "adapter": None, "adapter_sha256": None, "max_new_tokens": 8}
+    evaluate(answer, tmp_path / "data", ["gsm8k"], tmp_path / "run", run_info=first)
+    with pytest.raises(ValueError, match="holds predictions from another run \\(adapter_sha256 differ\\)"):
+        evaluate(answer, tmp_path / "data", ["gsm8k"], tmp_path / "run", run_info={**first, "adapter_sha256": "x"})
+    assert evaluate(answer, tmp_path / "data", ["gsm8k"], tmp_path / "run", run_info=first)["sets"]["gsm8k"]["n"] == 2
