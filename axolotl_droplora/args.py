@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -9,9 +10,12 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from .rank_dropout import check_rank_dropout_args
 
 ADAPTER = "droplora"
+QLORA = "qlora"  # Axolotl quantizes the base to 4 bits only for its own adapter names
+RANK_DROPOUT_KEYS = ("droplora_rank_dropout", "droplora_mask_mode", "droplora_rescale")
 MILORA = "milora"  # the value of peft_init_lora_weights that asks for MiLoRA
 DEFAULT_RANK_DROPOUT = 0.3
 FUSED_LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
+LOG = logging.getLogger(__name__)
 
 
 class DropLoRAArgs(BaseModel):
@@ -70,11 +74,11 @@ class DropLoRAArgs(BaseModel):
             return data
         adapter = data.get("adapter")
         own_keys = sorted(key for key in data if key.startswith("droplora_") and data[key] is not None)
-        if own_keys and adapter != ADAPTER:
+        if own_keys and adapter not in (ADAPTER, QLORA):
             raise ValueError(
                 f"{', '.join(own_keys)} set, but `adapter: {adapter}` does not use "
-                f"{'it' if len(own_keys) == 1 else 'them'}: set `adapter: {ADAPTER}` to train "
-                f"with rank dropout, or remove {', '.join(own_keys)}"
+                f"{'it' if len(own_keys) == 1 else 'them'}: set `adapter: {ADAPTER}` (or `adapter: "
+                f"{QLORA}` on a 4-bit base) to train with rank dropout, or remove {', '.join(own_keys)}"
             )
         init = str(data.get("peft_init_lora_weights"))
         if init == MILORA:
@@ -86,15 +90,30 @@ class DropLoRAArgs(BaseModel):
                 "svd_init_save_base is set, but neither MiLoRA nor PiSSA is: add "
                 "`peft_init_lora_weights: milora` (or pissa), or remove svd_init_save_base"
             )
+        if adapter == QLORA and own_keys:
+            # Axolotl switches its fused kernels on for qlora by itself (its validators run
+            # before this one, so a true here may not be the user's): they must be off
+            switched = [key for key in FUSED_LORA_KERNELS if data.get(key)]
+            for key in switched:
+                data[key] = False
+            if switched:
+                LOG.warning(f"DropLoRA on adapter: {QLORA}: {', '.join(switched)} set to false: the "
+                            f"fused kernels never call lora_A, so the rank dropout would not run")
+            return data
         if adapter != ADAPTER:
             return data
-        for key in ("load_in_4bit", "load_in_8bit"):
-            if data.get(key):
-                raise ValueError(
-                    f"`{key}: true` is not supported with `adapter: {ADAPTER}` yet: Axolotl 0.19 "
-                    f"builds the quantization config only for lora/qlora, so the base model would "
-                    f"load unquantized. Remove {key}, or use `adapter: qlora` without rank dropout."
-                )
+        if data.get("load_in_4bit"):
+            raise ValueError(
+                f"`load_in_4bit: true` with `adapter: {ADAPTER}` would load the base model "
+                f"unquantized (Axolotl 0.19 builds the quantization config only for lora/qlora). "
+                f"For QLoRA with rank dropout write `adapter: {QLORA}` and keep the droplora_* keys."
+            )
+        if data.get("load_in_8bit"):
+            raise ValueError(
+                f"`load_in_8bit: true` with `adapter: {ADAPTER}` would load the base model "
+                f"unquantized, and an 8-bit base is not supported with rank dropout: remove "
+                f"load_in_8bit, or use a 4-bit base (`adapter: {QLORA}`, `load_in_4bit: true`)."
+            )
         for key in FUSED_LORA_KERNELS:
             if data.get(key):
                 raise ValueError(
@@ -124,6 +143,13 @@ def _check_converted_saves(data: dict) -> None:
     init = data.get("peft_init_lora_weights")
     if data.get("svd_init_save_base") == "residual":
         return
+    for key in ("load_in_4bit", "load_in_8bit"):
+        if data.get(key):
+            raise ValueError(
+                f"`peft_init_lora_weights: {init}` on a quantized base (`{key}`): the residual base "
+                f"is quantized, so an adapter converted for the original base would be off by the "
+                f"quantization error. Set `svd_init_save_base: residual`, or remove `{key}`."
+            )
     for key in ("resume_from_checkpoint", "auto_resume_from_checkpoints", "load_best_model_at_end"):
         if data.get(key):
             raise ValueError(

@@ -152,3 +152,36 @@ def smollm2_command(out_dir: Path | None):
         click.echo(convert_smollm2(out_dir or DEFAULT_DIR))
     except FileNotFoundError as err:
         raise click.ClickException(str(err)) from None
+
+
+@droplora.command("study")
+@click.option("--base-model", type=click.Path(exists=True, file_okay=False),
+              help="The model every arm fine-tunes (default: SmolLM2-135M-Instruct, converted once).")
+@click.option("--config", "config_name", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="cpu: about 28 min on 2 cores; gpu: sized for one H100.")
+@click.option("--arms", help="Comma-separated subset of the arms (default: all).")
+@click.option("--steps", type=int, help="Override the config's training steps per run.")
+@click.option("--seeds", type=int, help="Override the config's number of seeds (0..N-1).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+def study_command(base_model, config_name, arms, steps, seeds, out_dir):
+    """LoRA vs DropLoRA (p, mask modes) vs DoRA/PiSSA/MiLoRA over seeds: OUT/report.md, OUT/study.png.
+
+    Resumable: finished (arm, seed) runs are kept, the rest are trained."""
+    import dataclasses
+
+    from .study import ARMS, CONFIGS, run_study
+
+    config = CONFIGS[config_name]
+    if steps is not None:
+        config = dataclasses.replace(config, steps=steps)
+    if seeds is not None:
+        config = dataclasses.replace(config, seeds=tuple(range(seeds)))
+    chosen = arms.split(",") if arms else list(ARMS)
+    try:
+        if base_model is None:
+            from .smollm2 import DEFAULT_DIR, convert_smollm2
+
+            base_model = convert_smollm2(DEFAULT_DIR)
+        click.echo(run_study(base_model, out_dir, config, chosen))
+    except (ValueError, FileNotFoundError) as err:  # EvalDataError is a ValueError
+        raise click.ClickException(str(err)) from None

@@ -16,6 +16,7 @@ redoes nothing.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -75,10 +76,10 @@ def load_set(data_dir: Path, set_name: str) -> list[dict]:
     return records
 
 
-def prompt_for(set_name: str, record: dict) -> str:
+def prompt_for(set_name: str, record: dict, math_prompt: str = MATH_PROMPT) -> str:
     question = next(record[key] for key in QUESTION_FIELDS if key in record)
     if set_name in ("gsm8k", "math"):
-        return MATH_PROMPT.format(instruction=question)
+        return math_prompt.format(instruction=question)
     if set_name == "humaneval":
         question = f"Complete the following python code:\n{record['prompt']}"
     elif set_name == "mbpp":
@@ -134,6 +135,17 @@ class Generator:
             model = PeftModel.from_pretrained(model, adapter)
         self.model = model.eval()
 
+    @classmethod
+    def from_model(cls, model, tokenizer, max_new_tokens: int = 256) -> "Generator":
+        """Generate with a model already in memory (e.g. just trained), in eval mode."""
+        self = cls.__new__(cls)
+        self.llm, self.model, self.max_new_tokens = None, model.eval(), max_new_tokens
+        self.tokenizer = copy.copy(tokenizer)  # the caller's keeps its own padding side
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        return self
+
     def __call__(self, prompts: list[str]) -> list[str]:
         if self.llm is not None:
             outputs = self.llm.generate(prompts, self.params, lora_request=self.lora)
@@ -149,17 +161,18 @@ class Generator:
 
 def evaluate(generate, data_dir: str | Path, sets: list[str], out_dir: str | Path,
              batch_size: int = 8, limit: int | None = None, execute: bool = False,
-             run_info: dict | None = None) -> dict:
+             run_info: dict | None = None, math_prompt: str = MATH_PROMPT) -> dict:
     """Generate (resuming), score, and write results.json; returns the results.
 
     `run_info` (model, adapter, settings) is kept in out_dir/run.json: resuming into a folder
-    whose predictions came from another model or other settings is refused, not mixed in."""
+    whose predictions came from another model or other settings is refused, not mixed in.
+    `math_prompt`: the template for gsm8k/math questions, for a model trained on another one."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     data = {name: load_set(Path(data_dir), name)[:limit] for name in sets}  # all errors before any work
     if run_info is not None:
-        _check_same_run(out_dir, run_info)
+        refuse_other_run(out_dir, run_info)
     out_dir.mkdir(parents=True, exist_ok=True)
     if run_info is not None:
         (out_dir / "run.json").write_text(json.dumps(run_info, indent=1))
@@ -176,7 +189,7 @@ def evaluate(generate, data_dir: str | Path, sets: list[str], out_dir: str | Pat
     with open(log, "a") as sink, tqdm(total=len(todo), desc="generating", unit="example") as progress:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            generations = generate([prompt_for(name, data[name][i]) for name, i in batch])
+            generations = generate([prompt_for(name, data[name][i], math_prompt) for name, i in batch])
             for (name, i), generation in zip(batch, generations):
                 done[name, i] = generation
                 sink.write(json.dumps({"set": name, "index": i, "generation": generation}) + "\n")
@@ -207,14 +220,17 @@ def evaluate(generate, data_dir: str | Path, sets: list[str], out_dir: str | Pat
     return results
 
 
-def _check_same_run(out_dir: Path, run_info: dict) -> None:
-    previous = out_dir / "run.json"
-    if (out_dir / "predictions.jsonl").is_file() and previous.is_file():
+def refuse_other_run(out_dir: Path, run_info: dict, info_name: str = "run.json",
+                     evidence: str = "predictions.jsonl") -> None:
+    """Raise EvalDataError when `out_dir` holds results (`evidence`) of a run whose settings,
+    kept in `info_name`, differ from `run_info`: resuming must never mix two runs."""
+    previous = Path(out_dir) / info_name
+    if (Path(out_dir) / evidence).exists() and previous.is_file():
         before = json.loads(previous.read_text())
         if before != run_info:
             changed = sorted(k for k in set(before) | set(run_info) if before.get(k) != run_info.get(k))
             raise EvalDataError(
-                f"{out_dir} holds predictions from another run ({', '.join(changed)} differ): "
+                f"{out_dir} holds results of another run ({', '.join(changed)} differ): "
                 f"use a new --out, or delete {out_dir} to start over"
             )
 

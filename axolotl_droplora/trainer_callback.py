@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from peft.tuners.lora import LoraLayer
 from transformers import TrainerCallback
 
 from .conversion import convert_adapter_dir, fold_into_original_base, snapshot_initial_adapter
@@ -68,8 +69,9 @@ class DropLoRACallback(TrainerCallback):
                         f"the residual base W_p, not on the original model")
         if self.rank_dropout is not None:
             hooked = install_rank_dropout(model, self.rank_dropout, self.mask_mode, self.rescale)
+            kinds = sorted({type(m).__name__ for m in model.modules() if isinstance(m, LoraLayer)})
             LOG.info(f"DropLoRA: rank dropout p={self.rank_dropout} mask_mode={self.mask_mode} "
-                     f"rescale={self.rescale} on {len(hooked)} LoRA layers")
+                     f"rescale={self.rescale} on {len(hooked)} LoRA layers ({', '.join(kinds)})")
         self._prepared = True
 
     def on_init_end(self, args, state, control, model=None, **kwargs):

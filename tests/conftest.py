@@ -15,7 +15,7 @@ os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 VENV_BIN = str(Path(sys.executable).parent)
 
 
-def tiny_base_model(seed: int = 0):
+def tiny_base_model(seed: int = 0, hidden_size: int = 32):
     """A 2-layer random Llama; the same seed gives the same weights."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -23,7 +23,7 @@ def tiny_base_model(seed: int = 0):
     torch.manual_seed(seed)
     return LlamaForCausalLM(
         LlamaConfig(
-            vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            vocab_size=128, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
         )
     )

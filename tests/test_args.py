@@ -54,15 +54,40 @@ def test_droplora_keys_with_another_adapter_are_refused(tmp_path, demo_dir):
     message = error_of(tmp_path, demo_dir, adapter="lora", droplora_mask_mode=None)
     assert (
         "droplora_rank_dropout set, but `adapter: lora` does not use it: set `adapter: droplora` "
-        "to train with rank dropout, or remove droplora_rank_dropout"
+        "(or `adapter: qlora` on a 4-bit base) to train with rank dropout, or remove droplora_rank_dropout"
     ) in message
 
 
-@pytest.mark.parametrize("key", ["load_in_4bit", "load_in_8bit"])
-def test_quantized_base_is_refused_until_qlora_support(tmp_path, demo_dir, key):
-    message = error_of(tmp_path, demo_dir, **{key: True})
-    assert f"`{key}: true` is not supported with `adapter: droplora` yet" in message
-    assert "would load unquantized" in message
+def test_4bit_base_with_adapter_droplora_points_to_qlora(tmp_path, demo_dir):
+    message = error_of(tmp_path, demo_dir, load_in_4bit=True)
+    assert "`load_in_4bit: true` with `adapter: droplora` would load the base model unquantized" in message
+    assert "write `adapter: qlora` and keep the droplora_* keys" in message
+
+
+def test_8bit_base_is_refused(tmp_path, demo_dir):
+    message = error_of(tmp_path, demo_dir, load_in_8bit=True)
+    assert "an 8-bit base is not supported with rank dropout: remove load_in_8bit" in message
+
+
+def test_qlora_with_rank_dropout_keys_quantizes_and_turns_the_fused_kernels_off(tmp_path, demo_dir, caplog):
+    from axolotl_droplora.plugin import callback_for
+
+    with caplog.at_level("WARNING"):
+        cfg = load(tmp_path, demo_dir, adapter="qlora", load_in_4bit=True, droplora_mask_mode="sequence")
+    assert cfg.adapter == "qlora" and cfg.load_in_4bit is True
+    assert (cfg.droplora_rank_dropout, cfg.droplora_mask_mode) == (0.3, "sequence")
+    # Axolotl 0.19 switches its fused kernels on for qlora; the plugin switches them back off
+    assert not cfg.lora_mlp_kernel and not cfg.lora_qkv_kernel and not cfg.lora_o_kernel
+    assert "set to false: the fused kernels never call lora_A" in caplog.text
+    assert callback_for(cfg).rank_dropout == 0.3
+    plain_qlora = load(tmp_path, demo_dir, adapter="qlora", load_in_4bit=True,
+                       droplora_rank_dropout=None, droplora_mask_mode=None)
+    assert callback_for(plain_qlora) is None  # no droplora_* key: QLoRA as Axolotl does it
+
+
+def test_pissa_on_a_4bit_base_needs_residual_saves(tmp_path, demo_dir):
+    message = error_of(tmp_path, demo_dir, adapter="qlora", load_in_4bit=True, peft_init_lora_weights="pissa")
+    assert "Set `svd_init_save_base: residual`, or remove `load_in_4bit`" in message
 
 
 @pytest.mark.parametrize("key", ["lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"])

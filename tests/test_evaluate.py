@@ -146,6 +146,6 @@ def test_resuming_into_a_folder_of_another_model_is_refused(tmp_path):
     answer = lambda prompts: ["The answer is: 42"] * len(prompts)  # noqa: E731
     first = {"model": "a", "adapter": None, "adapter_sha256": None, "max_new_tokens": 8}
     evaluate(answer, tmp_path / "data", ["gsm8k"], tmp_path / "run", run_info=first)
-    with pytest.raises(ValueError, match="holds predictions from another run \\(adapter_sha256 differ\\)"):
+    with pytest.raises(ValueError, match="holds results of another run \\(adapter_sha256 differ\\)"):
         evaluate(answer, tmp_path / "data", ["gsm8k"], tmp_path / "run", run_info={**first, "adapter_sha256": "x"})
     assert evaluate(answer, tmp_path / "data", ["gsm8k"], tmp_path / "run", run_info=first)["sets"]["gsm8k"]["n"] == 2

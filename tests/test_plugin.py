@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from axolotl_droplora.demo import demo_config
 from conftest import run_cli
 
-LAYERS_LOG = "DropLoRA: rank dropout p={p} mask_mode={mode} rescale={rescale} on 10 LoRA layers"
+LAYERS_LOG = "DropLoRA: rank dropout p={p} mask_mode={mode} rescale={rescale} on 10 LoRA layers ({kind})"
 
 
 def write_recipe(tmp_path: Path, demo_dir: Path, **overrides) -> Path:
@@ -33,16 +33,24 @@ def train_loss(log: str) -> float:
 
 VANILLA_PEFT_LOGITS = """
 import sys, torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from peft import PeftModel
-base_dir, adapter_dir, merged_dir, out = sys.argv[1:]
+base_dir, adapter_dir, merged_dir, out, bits = sys.argv[1:]
+# a QLoRA adapter is trained on the NF4-quantized base, so it is checked there
+quantized = {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+    bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)} if bits == "4" else {}
 tokens = AutoTokenizer.from_pretrained(base_dir)(
     ["What is 12 plus 30?", "What is 7 times 8? 7 * 8 = 56."], return_tensors="pt", padding=True
 ).input_ids
 with torch.no_grad():
-    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).eval()
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, **quantized),
+                                     adapter_dir).eval()
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
-    base = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    if bits == "4":  # merge-lora NF4-roundtrips embeddings and lm_head too; QLoRA training does not
+        original = AutoModelForCausalLM.from_pretrained(base_dir)
+        merged.get_input_embeddings().load_state_dict(original.get_input_embeddings().state_dict())
+        merged.get_output_embeddings().load_state_dict(original.get_output_embeddings().state_dict())
+    base = AutoModelForCausalLM.from_pretrained(base_dir, **quantized).eval()
     torch.save({"peft": peft(tokens).logits, "merged": merged(tokens).logits,
                 "base": base(tokens).logits}, out)
 assert not any(name.startswith("axolotl_droplora") for name in sys.modules), "imported us"
@@ -64,9 +72,11 @@ MILORA = {"peft_init_lora_weights": "milora", "lora_alpha": 16, "save_strategy":
         ([sys.executable, "-m", "axolotl.cli.train"],
          {"droplora_mask_mode": "batch", **MILORA, "peft_init_lora_weights": "pissa"}),
         ([sys.executable, "-m", "axolotl.cli.train"], {"droplora_mask_mode": "sequence", "peft_use_rslora": True}),
+        # bitsandbytes' CPU backend: a real NF4 base (the demo model is wide enough for its kernels)
+        (["axolotl", "train"], {"adapter": "qlora", "load_in_4bit": True, "droplora_mask_mode": "element"}),
     ],
     ids=["droplora-axolotl-train", "droplora-python-m", "droplora+milora", "lora+milora",
-         "droplora+dora", "droplora+pissa", "droplora+rslora"],
+         "droplora+dora", "droplora+pissa", "droplora+rslora", "qlora+droplora"],
 )
 def test_trains_saves_plain_lora_for_the_original_base_and_merges(tmp_path, demo_dir, launcher, overrides):
     import torch
@@ -75,8 +85,10 @@ def test_trains_saves_plain_lora_for_the_original_base_and_merges(tmp_path, demo
     trained = run_cli([*launcher, str(recipe)], cwd=tmp_path)
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     log = trained.stdout + trained.stderr
-    if overrides.get("adapter", "droplora") == "droplora":
-        assert LAYERS_LOG.format(p=0.3, mode=overrides["droplora_mask_mode"], rescale=True) in log
+    adapter = overrides.get("adapter", "droplora")
+    if adapter in ("droplora", "qlora"):
+        kind = "Linear4bit" if adapter == "qlora" else "Linear"
+        assert LAYERS_LOG.format(p=0.3, mode=overrides["droplora_mask_mode"], rescale=True, kind=kind) in log
     else:
         assert "DropLoRA: rank dropout" not in log
     milora = "peft_init_lora_weights" in overrides  # MiLoRA or PiSSA: saves are converted
@@ -104,12 +116,13 @@ def test_trains_saves_plain_lora_for_the_original_base_and_merges(tmp_path, demo
 
     checked = run_cli(
         [sys.executable, "-c", VANILLA_PEFT_LOGITS, str(demo_dir / "model"), str(out),
-         str(out / "merged"), str(tmp_path / "logits.pt")],
+         str(out / "merged"), str(tmp_path / "logits.pt"), "4" if adapter == "qlora" else "32"],
         cwd=tmp_path,
     )
     assert checked.returncode == 0, checked.stderr[-3000:]
     result = torch.load(tmp_path / "logits.pt")
-    torch.testing.assert_close(result["merged"], result["peft"], atol=1e-4, rtol=0)
+    # bitsandbytes' CPU 4-bit matmul differs from the dequantized fp32 matmul by ~2e-3 here
+    torch.testing.assert_close(result["merged"], result["peft"], atol=1e-2 if adapter == "qlora" else 1e-4, rtol=0)
     assert (result["peft"] - result["base"]).abs().max() > 1e-3  # the adapter changed the model
 
 
@@ -130,7 +143,7 @@ def test_rank_dropout_goes_on_the_model_trl_builds_for_dpo(tmp_path, demo_dir):
     log = trained.stdout + trained.stderr
     assert trained.returncode == 0, log[-4000:]
     assert "DropLoRA: rl: dpo builds the LoRA model in TRL's trainer" in log
-    assert LAYERS_LOG.format(p=0.3, mode="element", rescale=True) in log
+    assert LAYERS_LOG.format(p=0.3, mode="element", rescale=True, kind="Linear") in log
     assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["peft_type"] == "LORA"
 
 

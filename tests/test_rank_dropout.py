@@ -267,3 +267,32 @@ def test_dora_masks_the_activation_path_and_normalises_by_the_unmasked_weight():
     assert remove_rank_dropout(model) == 10
     assert not any(hook for m in model.modules() for hook in m._forward_pre_hooks.values()
                    if type(hook).__name__ == "_TrackDoraInput")
+
+
+def test_rank_dropout_acts_inside_bitsandbytes_4bit_lora_layers(tmp_path):
+    """QLoRA: PEFT's bnb Linear4bit LoRA layer calls lora_A too (bitsandbytes' CPU backend here;
+    its 4-bit kernels fail on hidden size 32, so this model is twice as wide)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    tiny_base_model(hidden_size=64).save_pretrained(tmp_path / "base")
+    quantized = AutoModelForCausalLM.from_pretrained(tmp_path / "base", quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32))
+    model = get_peft_model(quantized, LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
+                                                 target_modules=["q_proj", "v_proj", "down_proj"]))
+    layers = [m for m in model.modules() if type(m).__name__ == "Linear4bit" and hasattr(m, "lora_A")]
+    assert len(layers) == 6
+    assert len(install_rank_dropout(model, p=0.5, mask_mode="batch")) == 6
+    recorder = MaskRecorder(model)
+    model.eval()
+    plain = logits(model)
+    assert recorder.take()[0].eq(1).all()  # eval: no mask
+    model.train()
+    torch.manual_seed(0)
+    logits(model).pow(2).mean().backward()
+    masks = recorder.take()
+    assert len(masks) == 6 and any((m[0, 0] == 0).any() for m in masks)
+    for layer, mask in zip(layers, masks):  # dropped channels: no gradient into A in this step
+        assert torch.all(layer.lora_A["default"].weight.grad[mask[0, 0] == 0] == 0)
+    assert remove_rank_dropout(model) == 6
+    torch.testing.assert_close(logits(model.eval()), plain)
