@@ -29,9 +29,11 @@ def test_committed_recipes_are_exactly_what_the_table_renders():
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
-def test_every_recipe_passes_axolotls_config_validation_with_the_plugin(path):
+def test_every_recipe_passes_axolotls_config_validation_with_the_plugin(path, tmp_path, monkeypatch):
     from axolotl.utils.config import prepare_plugins, validate_config
     from axolotl.utils.dict import DictDefault
+
+    monkeypatch.chdir(tmp_path)  # validation writes debug.log into the recipe's relative output_dir
 
     raw = yaml.safe_load(path.read_text())
     task, model, method = path.stem.split("-")
