@@ -18,6 +18,13 @@ FUSED_LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lo
 LOG = logging.getLogger(__name__)
 
 
+def asks_for_rank_dropout(config) -> bool:
+    """`adapter: droplora`, or `adapter: qlora` with droplora_* keys: Axolotl quantizes the base
+    only for its own adapter names, so that is how QLoRA + DropLoRA is written."""
+    adapter = config.get("adapter")
+    return adapter == ADAPTER or (adapter == QLORA and any(config.get(key) is not None for key in RANK_DROPOUT_KEYS))
+
+
 class DropLoRAArgs(BaseModel):
     """Keys for the DropLoRA plugin (`plugins: [axolotl_droplora.DropLoRAPlugin]`)."""
 
@@ -90,7 +97,7 @@ class DropLoRAArgs(BaseModel):
                 "svd_init_save_base is set, but neither MiLoRA nor PiSSA is: add "
                 "`peft_init_lora_weights: milora` (or pissa), or remove svd_init_save_base"
             )
-        if adapter == QLORA and own_keys:
+        if adapter == QLORA and asks_for_rank_dropout(data):
             # Axolotl switches its fused kernels on for qlora by itself (its validators run
             # before this one, so a true here may not be the user's): they must be off
             switched = [key for key in FUSED_LORA_KERNELS if data.get(key)]

@@ -122,10 +122,6 @@ class Generator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.llm = None
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
@@ -133,18 +129,22 @@ class Generator:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter)
-        self.model = model.eval()
+        self._use_transformers(model, AutoTokenizer.from_pretrained(model_path))
 
     @classmethod
     def from_model(cls, model, tokenizer, max_new_tokens: int = 256) -> "Generator":
         """Generate with a model already in memory (e.g. just trained), in eval mode."""
         self = cls.__new__(cls)
-        self.llm, self.model, self.max_new_tokens = None, model.eval(), max_new_tokens
-        self.tokenizer = copy.copy(tokenizer)  # the caller's keeps its own padding side
+        self.max_new_tokens = max_new_tokens
+        self._use_transformers(model, tokenizer)
+        return self
+
+    def _use_transformers(self, model, tokenizer) -> None:
+        self.llm, self.model = None, model.eval()
+        self.tokenizer = copy.copy(tokenizer)  # left padding for generation; the caller's is untouched
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        return self
 
     def __call__(self, prompts: list[str]) -> list[str]:
         if self.llm is not None:

@@ -13,7 +13,7 @@ from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 from axolotl.utils.dict import DictDefault
 from axolotl.utils.logging import get_logger
 
-from .args import ADAPTER, DEFAULT_RANK_DROPOUT, MILORA, QLORA, RANK_DROPOUT_KEYS
+from .args import ADAPTER, DEFAULT_RANK_DROPOUT, MILORA, asks_for_rank_dropout
 from .trainer_callback import DropLoRACallback
 
 LOG = get_logger(__name__)
@@ -23,10 +23,7 @@ def callback_for(cfg: DictDefault) -> DropLoRACallback | None:
     """The DropLoRACallback a recipe asks for, defaults filled in; None for a plain recipe."""
     milora = cfg.peft_init_lora_weights == MILORA
     pissa = str(cfg.peft_init_lora_weights).startswith("pissa")
-    # QLoRA + DropLoRA is `adapter: qlora` with droplora_* keys: Axolotl quantizes the base
-    # only for its own adapter names
-    rank_dropout = cfg.adapter == ADAPTER or (cfg.adapter == QLORA and any(
-        cfg.get(key) is not None for key in RANK_DROPOUT_KEYS))
+    rank_dropout = asks_for_rank_dropout(cfg)
     if not rank_dropout and not milora and not pissa:
         return None
     return DropLoRACallback(

@@ -133,7 +133,7 @@ def _train_and_score(base, tokenizer, train_data, arm: str, seed: int, cfg: Stud
     rank_dropout = lora_kwargs.pop("rank_dropout", None)
     mask_mode = lora_kwargs.pop("mask_mode", "element")
     milora = lora_kwargs.pop("milora", False)
-    run_dir = out_dir / "runs" / arm / f"seed{seed}"
+    run_dir = _result_file(out_dir, arm, seed).parent
     set_seed(seed)  # before the LoRA init too, which happens inside SFTTrainer's __init__
     trainer = SFTTrainer(
         copy.deepcopy(base),
@@ -162,9 +162,10 @@ def _train_and_score(base, tokenizer, train_data, arm: str, seed: int, cfg: Stud
               "train_s": train_s, "eval_s": time.perf_counter() - start, "machine": _machine()}
     del trainer
     gc.collect()
-    scratch = run_dir / "result.json.partial"
+    done = _result_file(out_dir, arm, seed)
+    scratch = done.with_suffix(".partial")
     scratch.write_text(json.dumps(result, indent=1))
-    scratch.replace(run_dir / "result.json")  # the run counts as done only once this exists
+    scratch.replace(done)  # the run counts as done only once this exists
     return result
 
 
@@ -216,6 +217,8 @@ def write_report(out_dir: Path, arms: list[str], cfg: StudyConfig, base_model: s
     """report.md and study.png from the finished runs' result.json files."""
     results = {arm: [json.loads(_result_file(out_dir, arm, s).read_text()) for s in cfg.seeds] for arm in arms}
     accuracy = {arm: [r["accuracy"] for r in runs] for arm, runs in results.items()}
+    means = {arm: statistics.fmean(accs) for arm, accs in accuracy.items()}
+    stds = {arm: statistics.stdev(accs) if len(accs) > 1 else 0.0 for arm, accs in accuracy.items()}
     mean_curves = {arm: [statistics.fmean(step) for step in zip(*(r["losses"] for r in runs))]
                    for arm, runs in results.items()}
     machine = "; ".join(sorted({r["machine"] for runs in results.values() for r in runs}))
@@ -234,10 +237,8 @@ def write_report(out_dir: Path, arms: list[str], cfg: StudyConfig, base_model: s
         "|---|---|---|---|---|",
     ]
     for arm, runs in results.items():
-        accs = accuracy[arm]
-        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         final = statistics.fmean(statistics.fmean(r["losses"][-5:]) for r in runs)
-        lines.append(f"| {arm} | {statistics.fmean(accs):.1f} ± {std:.1f} | {', '.join(f'{a:.0f}' for a in accs)} "
+        lines.append(f"| {arm} | {means[arm]:.1f} ± {stds[arm]:.1f} | {', '.join(f'{a:.0f}' for a in accuracy[arm])} "
                      f"| {final:.3f} | {statistics.fmean(r['train_s'] for r in runs):.0f} |")
     lines += ["", "Mean ± sample standard deviation over seeds; final loss: the mean of the last 5 "
               "logged training losses.", ""]
@@ -252,8 +253,7 @@ def write_report(out_dir: Path, arms: list[str], cfg: StudyConfig, base_model: s
                   f"than 2 standard errors, paired by seed, {len(cfg.seeds)} seeds each).", ""]
     lines += ["![held-out accuracy and training loss](study.png)", ""]
     report = "\n".join(lines)
-    bars_and_curves(out_dir / "study.png", arms, [statistics.fmean(accuracy[a]) for a in arms],
-                    [statistics.stdev(accuracy[a]) if len(accuracy[a]) > 1 else 0.0 for a in arms],
+    bars_and_curves(out_dir / "study.png", arms, [means[a] for a in arms], [stds[a] for a in arms],
                     "held-out accuracy (%), mean ± std", mean_curves, "training loss (mean over seeds)")
     (out_dir / "report.md").write_text(report)
     return report
