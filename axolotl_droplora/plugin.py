@@ -64,7 +64,7 @@ class DropLoRAPlugin(BasePlugin):
         return {}
 
     def pre_model_load(self, cfg: DictDefault):
-        if cfg.adapter == ADAPTER and cfg.sample_packing and cfg.droplora_mask_mode == "sequence":
+        if asks_for_rank_dropout(cfg) and cfg.sample_packing and cfg.droplora_mask_mode == "sequence":
             LOG.warning(
                 "droplora_mask_mode: sequence with sample_packing: true draws one mask per "
                 "packed row, shared by every sequence packed into it"

@@ -164,3 +164,15 @@ def test_bad_rank_dropout_fails_before_anything_is_written(tmp_path, demo_dir):
     assert failed.returncode != 0
     assert "droplora_rank_dropout: rank dropout p must be a number in [0, 1)" in failed.stdout + failed.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("adapter, extra", [("droplora", {}), ("qlora", {"load_in_4bit": True})])
+def test_sequence_masks_with_sample_packing_warn_that_a_packed_row_shares_one_mask(adapter, extra, caplog):
+    from axolotl.utils.dict import DictDefault
+
+    from axolotl_droplora.plugin import DropLoRAPlugin
+
+    cfg = DictDefault({"adapter": adapter, "sample_packing": True, "droplora_mask_mode": "sequence", **extra})
+    with caplog.at_level("WARNING"):
+        DropLoRAPlugin().pre_model_load(cfg)
+    assert "draws one mask per packed row, shared by every sequence packed into it" in caplog.text
