@@ -6,7 +6,12 @@ from pathlib import Path
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "charts need matplotlib, which training does not: pip install 'axolotl-droplora[eval]'"
+        ) from None
 
     matplotlib.use("Agg")  # files only: no display on the machines this runs on
     import matplotlib.pyplot as plt

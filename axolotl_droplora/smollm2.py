@@ -37,9 +37,11 @@ def convert_smollm2(out_dir: str | Path = DEFAULT_DIR, distribution: str = "llm-
     if (out_dir / "config.json").is_file() and (out_dir / "model.safetensors").is_file():
         return out_dir
     source = gguf_file(distribution)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
+    from .compat import float32_model_from_gguf
+
+    model = float32_model_from_gguf(source)
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     scratch = out_dir.with_name(out_dir.name + ".partial")  # renamed when whole
     shutil.rmtree(scratch, ignore_errors=True)

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-source .venv/bin/activate
+source "${VENV:-.venv}/bin/activate"
 # Axolotl's telemetry hangs forever after training on machines without internet access.
 export AXOLOTL_DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
