@@ -157,11 +157,13 @@ def _check_converted_saves(data: dict) -> None:
                 f"is quantized, so an adapter converted for the original base would be off by the "
                 f"quantization error. Set `svd_init_save_base: residual`, or remove `{key}`."
             )
-    for key in ("resume_from_checkpoint", "auto_resume_from_checkpoints", "load_best_model_at_end"):
-        if data.get(key):
-            raise ValueError(
-                f"`{key}` is not supported with `peft_init_lora_weights: {init}` yet: its "
-                f"checkpoints hold the adapter converted to rank 2r for the original base, which "
-                f"cannot be loaded back into the residual model. Remove `{key}`, or set "
-                f"`svd_init_save_base: residual`."
-            )
+    if data.get("load_best_model_at_end"):
+        # resuming works (each checkpoint keeps the adapter as trained in a subfolder), but the
+        # Trainer reloads the best checkpoint from its top-level adapter only
+        raise ValueError(
+            f"`load_best_model_at_end` cannot be used with `peft_init_lora_weights: {init}`: the "
+            f"Trainer would reload the best checkpoint's adapter, which is converted to rank 2r "
+            f"for the original base, into the rank-r model training on the residual base. Remove "
+            f"it and take the best `checkpoint-N` folder yourself (each is a plain LoRA for the "
+            f"original base), or set `svd_init_save_base: residual`."
+        )

@@ -54,9 +54,14 @@ def doubled_rank_config(config: dict) -> dict:
     return config
 
 
-def convert_adapter_dir(adapter_dir: str | Path, initial: dict[str, torch.Tensor]) -> None:
+def convert_adapter_dir(adapter_dir: str | Path, initial: dict[str, torch.Tensor],
+                        keep_trained_as: str | None = None) -> None:
     """Rewrite a saved residual-base adapter (a checkpoint) in place for the original base.
 
+    With `keep_trained_as=NAME`, the adapter as trained (rank r, for the residual base) is kept
+    in the subfolder NAME first: transformers' Trainer, resuming from a checkpoint, loads an
+    adapter found in a subfolder into the model's adapter of that name, so a run resumes from
+    the residual state it left while the top-level adapter stays valid on the original base.
     Written to a scratch folder first and swapped in file by file, so a crash leaves either the
     old adapter or the new one, never a mixture that looks complete.
     """
@@ -64,6 +69,15 @@ def convert_adapter_dir(adapter_dir: str | Path, initial: dict[str, torch.Tensor
     config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
     if config.get("init_lora_weights") is True and config["r"] == 2 * _rank_of(initial):
         return  # already converted
+    if keep_trained_as:
+        kept = adapter_dir / keep_trained_as
+        scratch = adapter_dir / ".keeping"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir()
+        for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+            shutil.copy2(adapter_dir / name, scratch / name)
+        shutil.rmtree(kept, ignore_errors=True)
+        scratch.rename(kept)
     scratch = adapter_dir / ".converting"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
@@ -73,6 +87,17 @@ def convert_adapter_dir(adapter_dir: str | Path, initial: dict[str, torch.Tensor
     os.replace(scratch / ADAPTER_WEIGHTS, adapter_dir / ADAPTER_WEIGHTS)
     os.replace(scratch / ADAPTER_CONFIG, adapter_dir / ADAPTER_CONFIG)
     scratch.rmdir()
+
+
+def initial_adapter_of(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
+    """A0, B0 back from a converted adapter: the second halves of A' = [A; A0], B' = [B, −B0]."""
+    initial = {}
+    for key, value in load_file(Path(adapter_dir) / ADAPTER_WEIGHTS).items():
+        if ".lora_A." in key:
+            initial[key] = value[value.shape[0] // 2:]
+        elif ".lora_B." in key:
+            initial[key] = -value[:, value.shape[1] // 2:]
+    return initial
 
 
 def _rank_of(initial: dict[str, torch.Tensor]) -> int:

@@ -36,6 +36,8 @@ def callback_for(cfg: DictDefault) -> DropLoRACallback | None:
         rescale=True if cfg.droplora_rescale is None else cfg.droplora_rescale,
         milora=milora,
         save_base=cfg.svd_init_save_base or "original",
+        # rl: dpo/ipo/kto/grpo…: TRL's reference must be the starting model, not W_p
+        reference_adapter=bool(cfg.rl),
     )
 
 
@@ -70,13 +72,15 @@ class DropLoRAPlugin(BasePlugin):
                 "packed row, shared by every sequence packed into it"
             )
 
-    def post_lora_load(self, cfg: DictDefault, model):
+    def post_model_load(self, cfg: DictDefault, model):
         if cfg.inference or cfg.merge_lora:
             return  # a trained adapter is loaded: plain LoRA, nothing to add
         self.callback = callback_for(cfg)
-        # before the trainer exists, so MiLoRA's new weights are what DeepSpeed/FSDP copy; for
-        # rl: dpo/ipo/kto the model here has no LoRA yet (TRL builds it), so this waits for
-        # the trainer (on_train_begin)
+        # The last hook before the trainer exists, so MiLoRA's weights are what DeepSpeed/FSDP
+        # copy. Not post_lora_load: from Axolotl 0.20 on, the loader re-draws every lora_A from
+        # the seed right after that hook (when init_lora_weights is True), which would undo
+        # MiLoRA. For rl: dpo/ipo/kto the model here has no LoRA yet (TRL builds it), so this
+        # waits for the trainer (on_train_begin).
         if self.callback and _has_lora(model):
             self.callback.prepare(model)
         elif self.callback:

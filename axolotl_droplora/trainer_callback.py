@@ -15,22 +15,39 @@ trainer's __init__) and callbacks are how a Trainer lets outside code act on tha
   `save_base="residual"`): the adapter is converted to be valid on the original base model
   (see conversion.py), so
   checkpoints and `trainer.save_model()` are plain PEFT LoRA adapters for the base you started from.
+  Each converted checkpoint also keeps the adapter as trained in its `default/` subfolder, which
+  the Trainer loads when resuming (`resume_from_checkpoint`); the init runs again on the fresh
+  model and is checked against the checkpoint's A0, B0, so the run goes on exactly where it was.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import shutil
 from pathlib import Path
 
 from peft.tuners.lora import LoraLayer
 from transformers import TrainerCallback
 
-from .conversion import convert_adapter_dir, fold_into_original_base, snapshot_initial_adapter
+from .conversion import (
+    convert_adapter_dir,
+    fold_into_original_base,
+    initial_adapter_of,
+    snapshot_initial_adapter,
+)
 from .milora import init_milora
 from .rank_dropout import check_rank_dropout_args, install_rank_dropout
 
 LOG = logging.getLogger(__name__)
 SAVE_BASES = ("original", "residual")
+# the subfolder of a converted checkpoint holding the adapter as trained, named after the PEFT
+# adapter so that the Trainer loads it into that adapter when resuming (see conversion.py)
+ACTIVE_ADAPTER = "default"  # the adapter that trains: PEFT's default name, as TRL and Axolotl use
+RESUME_ADAPTER = ACTIVE_ADAPTER
+# TRL's DPO, KTO, GRPO and RLOO trainers compute the reference with this adapter when the model
+# has one, and with the adapter disabled otherwise
+REFERENCE_ADAPTER = "ref"
 
 
 class DropLoRACallback(TrainerCallback):
@@ -44,6 +61,7 @@ class DropLoRACallback(TrainerCallback):
         rescale: bool = True,
         milora: bool = False,
         save_base: str = "original",
+        reference_adapter: bool = False,
     ):
         if rank_dropout is not None:
             check_rank_dropout_args(rank_dropout, mask_mode)
@@ -51,6 +69,7 @@ class DropLoRACallback(TrainerCallback):
             raise ValueError(f"save_base must be one of {', '.join(SAVE_BASES)}, got {save_base!r}")
         self.rank_dropout, self.mask_mode, self.rescale = rank_dropout, mask_mode, rescale
         self.milora, self.save_base = milora, save_base
+        self.reference_adapter = reference_adapter
         self.initial_adapter = None  # A0, B0 once MiLoRA has run and saves must be converted
         self._prepared = False
 
@@ -67,38 +86,112 @@ class DropLoRACallback(TrainerCallback):
         elif residual_init:
             LOG.warning(f"{residual_init}: saving the residual form: the adapter is valid only on "
                         f"the residual base W_p, not on the original model")
+        if residual_init and self.reference_adapter:
+            # after an SVD init the adapter-disabled model is W_p, not the starting model W: a
+            # frozen copy of A0, B0 makes the reference W_p + s·B0·A0 = W
+            _add_reference_adapter(model, snapshot_initial_adapter(model))
+            LOG.info(f"{residual_init}: preference training uses a frozen '{REFERENCE_ADAPTER}' adapter "
+                     f"holding the initial A0, B0 as its reference (the starting model)")
         if self.rank_dropout is not None:
-            hooked = install_rank_dropout(model, self.rank_dropout, self.mask_mode, self.rescale)
+            hooked = install_rank_dropout(model, self.rank_dropout, self.mask_mode, self.rescale,
+                                          adapter_names=[ACTIVE_ADAPTER])
             kinds = sorted({type(m).__name__ for m in model.modules() if isinstance(m, LoraLayer)})
             LOG.info(f"DropLoRA: rank dropout p={self.rank_dropout} mask_mode={self.mask_mode} "
                      f"rescale={self.rescale} on {len(hooked)} LoRA layers ({', '.join(kinds)})")
         self._prepared = True
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
-        self._check(args)
         self.prepare(model)
+        self._check(args)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._check(args)
         self.prepare(model)
+        self._check(args)
+        if state.global_step == 0:
+            self._check_init_survived(model)
+        else:  # resumed: the Trainer loaded the residual adapter kept in the checkpoint
+            self._check_same_init_as(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
     def _check(self, args) -> None:
-        if self.milora and self.save_base == "original" and args.load_best_model_at_end:
+        if self.initial_adapter is not None and args.load_best_model_at_end:
             raise ValueError(
-                "load_best_model_at_end cannot reload MiLoRA checkpoints, which hold the adapter "
-                "converted for the original base (rank 2r): turn it off, or use save_base='residual'"
+                "load_best_model_at_end cannot be used with MiLoRA/PiSSA saves converted for the "
+                "original base: the Trainer reloads the best checkpoint's top-level adapter, which "
+                "is rank 2r for the original base, into the rank-r model training on the residual "
+                "base. Turn it off and pick the best checkpoint folder yourself (each is a plain "
+                "LoRA for the original base), or use save_base='residual' (svd_init_save_base)."
             )
+
+    def _check_init_survived(self, model) -> None:
+        """Stop if anything re-initialised the adapter between MiLoRA/PiSSA and training.
+
+        The saves are converted with the A0, B0 taken at init; if a loader re-draws A or B
+        after that (Axolotl >= 0.20 re-draws lora_A after its post_lora_load hook), the model
+        no longer starts from W and every converted save would be silently wrong.
+        """
+        if self.initial_adapter is None or model is None:
+            return
+        now = snapshot_initial_adapter(model)
+        changed = [
+            key for key, initial in self.initial_adapter.items()
+            if key in now and now[key].shape == initial.shape  # ZeRO-3 leaves empty shells here
+            # relative, so that a bf16 cast by DeepSpeed does not count as a change
+            and (now[key].float() - initial.float()).norm() > 0.05 * initial.float().norm()
+        ]
+        if changed:
+            raise RuntimeError(
+                f"{len(changed)} LoRA weights changed between the SVD init and the start of "
+                f"training (first: {changed[0]}): something re-initialised the adapter after "
+                f"the init, so the model no longer starts from the base model's weights and "
+                f"converted saves would be wrong. Report this with your Axolotl/PEFT versions."
+            )
+
+    def _check_same_init_as(self, checkpoint: Path) -> None:
+        """On resume, the residual base just rebuilt must be the one the checkpoint trained on."""
+        if self.initial_adapter is None or not (checkpoint / RESUME_ADAPTER).is_dir():
+            return
+        saved = initial_adapter_of(checkpoint)
+        differs = [key for key, value in self.initial_adapter.items()
+                   if (saved[key].float() - value.float()).norm() > 1e-4 * value.float().norm()]
+        if differs:
+            raise RuntimeError(
+                f"resuming from {checkpoint}: the SVD init of this run differs from the one the "
+                f"checkpoint was trained from ({len(differs)} tensors, first {differs[0]}), so the "
+                f"residual base differs too. Resume with the same base model, targets, r, "
+                f"lora_alpha and init (for pissa_niter_N, the same seed)."
+            )
+        LOG.info(f"resuming from {checkpoint}: same SVD init, residual adapter loaded from {RESUME_ADAPTER}/")
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if self.initial_adapter is not None and state.is_world_process_zero and checkpoint.is_dir():
-            convert_adapter_dir(checkpoint, self.initial_adapter)
+            convert_adapter_dir(checkpoint, self.initial_adapter, keep_trained_as=RESUME_ADAPTER)
+        # the reference is rebuilt from the init on resume; a saved copy would only mislead
+        shutil.rmtree(checkpoint / REFERENCE_ADAPTER, ignore_errors=True)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        if model is not None and REFERENCE_ADAPTER in getattr(model, "peft_config", {}):
+            model.delete_adapter(REFERENCE_ADAPTER)  # not part of what was trained
         if self.initial_adapter is not None:
             fold_into_original_base(model, self.initial_adapter)
             self.initial_adapter = None
             LOG.info("adapter converted to rank 2r on the original base for saving")
+
+
+def _add_reference_adapter(model, initial: dict) -> None:
+    from peft import set_peft_model_state_dict
+
+    config = copy.deepcopy(model.peft_config[ACTIVE_ADAPTER])
+    config.init_lora_weights, config.lora_dropout = True, 0.0  # no second SVD; a fixed reference
+    model.add_adapter(REFERENCE_ADAPTER, config)
+    loaded = set_peft_model_state_dict(model, initial, adapter_name=REFERENCE_ADAPTER)
+    missing = [key for key in loaded.missing_keys if f".{REFERENCE_ADAPTER}" in key]
+    if missing:
+        raise RuntimeError(f"reference adapter: {len(missing)} tensors not set, first {missing[0]}")
+    for name, parameter in model.named_parameters():
+        if f".{REFERENCE_ADAPTER}." in name:
+            parameter.requires_grad_(False)
+    model.set_adapter(ACTIVE_ADAPTER)
 
 
 def _is_pissa(model) -> bool:

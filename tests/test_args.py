@@ -112,12 +112,8 @@ def test_milora_is_a_value_of_peft_init_lora_weights_with_lora_or_droplora(tmp_p
     [
         ({"load_in_8bit": True, "adapter": "lora"},
          "`peft_init_lora_weights: milora` needs a full-precision base to take the SVD of and subtract from: remove `load_in_8bit`"),
-        ({"resume_from_checkpoint": "out/checkpoint-2"},
-         "`resume_from_checkpoint` is not supported with `peft_init_lora_weights: milora` yet"),
-        ({"auto_resume_from_checkpoints": True},
-         "`auto_resume_from_checkpoints` is not supported with `peft_init_lora_weights: milora` yet"),
         ({"load_best_model_at_end": True},
-         "`load_best_model_at_end` is not supported with `peft_init_lora_weights: milora` yet"),
+         "`load_best_model_at_end` cannot be used with `peft_init_lora_weights: milora`: the Trainer would reload"),
     ],
 )
 def test_milora_refusals_name_the_key(tmp_path, demo_dir, overrides, message):
@@ -131,6 +127,6 @@ def test_svd_init_save_base_without_milora_is_refused(tmp_path, demo_dir):
     assert "svd_init_save_base is set, but neither MiLoRA nor PiSSA is" in message
 
 
-def test_pissa_converted_saves_refuse_resuming(tmp_path, demo_dir):
-    message = error_of(tmp_path, demo_dir, peft_init_lora_weights="pissa_niter_4", auto_resume_from_checkpoints=True)
-    assert "`auto_resume_from_checkpoints` is not supported with `peft_init_lora_weights: pissa_niter_4` yet" in message
+def test_pissa_converted_saves_refuse_reloading_the_best_checkpoint(tmp_path, demo_dir):
+    message = error_of(tmp_path, demo_dir, peft_init_lora_weights="pissa_niter_4", load_best_model_at_end=True)
+    assert "`load_best_model_at_end` cannot be used with `peft_init_lora_weights: pissa_niter_4`" in message

@@ -124,6 +124,16 @@ def test_milora_checkpoints_and_final_adapter_are_valid_on_the_original_base(dem
     torch.testing.assert_close(last_checkpoint, expected, atol=1e-5, rtol=0)
 
 
+def test_training_stops_if_something_redraws_the_adapter_after_milora(demo_dir, tmp_path):
+    """What Axolotl >= 0.20 would do to an init run in post_lora_load: re-draw lora_A."""
+    trainer = make_trainer(demo_dir, tmp_path, DropLoRACallback(rank_dropout=None, milora=True), r=8, alpha=8)
+    layer = trainer.model.base_model.model.model.layers[0].self_attn.q_proj
+    torch.nn.init.kaiming_uniform_(layer.lora_A["default"].weight)
+    with pytest.raises(RuntimeError, match="LoRA weights changed between the SVD init and the start of training"):
+        trainer.train()
+    assert not (tmp_path / "out" / "adapter_config.json").exists()
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -164,3 +174,77 @@ def test_residual_save_base_keeps_the_adapter_as_trained_and_says_so(demo_dir, t
         expected = trainer.model(input_ids=tokens).logits
     on_original = vanilla_peft_logits(demo_dir / "model", tmp_path / "out", tokens, tmp_path)
     assert (on_original - expected).abs().max() > 1e-3  # only valid on W_p, as the warning says
+
+
+TWO_PROCESS_SFT = """
+import json, os, sys
+import torch.distributed as dist
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+from axolotl_droplora import DropLoRACallback, installed_rank_dropout
+
+model_dir, out, mask_mode = sys.argv[1:]
+masks = []  # which rank channels the first layer's mask dropped, per training forward
+# rows of equal length: every rank draws its random numbers in tensors of the same shapes
+data = Dataset.from_list([{"text": f"What is {a} plus {b}? The answer is {a + b}."}
+                          for a in range(10, 40) for b in range(10, 20)])
+trainer = SFTTrainer(
+    model=AutoModelForCausalLM.from_pretrained(model_dir),
+    processing_class=AutoTokenizer.from_pretrained(model_dir),
+    args=SFTConfig(output_dir=out, max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3,
+                   report_to=[], max_length=32, use_cpu=True, ddp_backend="gloo", bf16=False,
+                   gradient_checkpointing=False, save_strategy="steps", save_steps=2, seed=0),
+    train_dataset=data,
+    peft_config=LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]),
+    callbacks=[DropLoRACallback(rank_dropout=0.5, mask_mode=mask_mode, milora=True)],
+)
+first_layer = next(iter(installed_rank_dropout(trainer.model).values()))
+first_layer.register_forward_hook(
+    lambda module, inputs, output: masks.append((output == 0).flatten()[:256].tolist()) if module.training else None)
+trainer.train()
+trainer.save_model()
+rank = dist.get_rank()
+with open(f"{out}/masks-{rank}.json", "w") as f:
+    json.dump({"world": dist.get_world_size(), "masks": masks}, f)
+"""
+
+
+@pytest.mark.parametrize("mask_mode", ["element", "batch"])
+def test_two_processes_share_masks_and_save_one_converted_adapter(demo_dir, tmp_path, mask_mode):
+    """torchrun with gloo on CPU, TRL route, MiLoRA + rank dropout (the Axolotl route cannot run
+    several processes on CPU: README says why)."""
+    (tmp_path / "train.py").write_text(TWO_PROCESS_SFT)
+    out = tmp_path / "out"
+    done = run_cli([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py",
+                    str(demo_dir / "model"), str(out), mask_mode], cwd=tmp_path)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    ranks = [json.loads((out / f"masks-{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(r["world"] == 2 and len(r["masks"]) == 4 for r in ranks)  # both ranks trained 4 steps
+    # the same seed on every rank: each step's mask is the same on both ranks, and new each step
+    assert ranks[0]["masks"] == ranks[1]["masks"]
+    assert len({tuple(mask) for mask in ranks[0]["masks"]}) == 4
+    for adapter_dir in (out, out / "checkpoint-2", out / "checkpoint-4"):  # converted once: 2r, not 4r
+        assert json.loads((adapter_dir / "adapter_config.json").read_text())["r"] == 16, adapter_dir
+    assert json.loads((out / "checkpoint-4" / "default" / "adapter_config.json").read_text())["r"] == 8
+    tokens = torch.tensor([[5, 17, 42, 99, 3, 250]])
+    base = AutoModelForCausalLM.from_pretrained(demo_dir / "model").eval()
+    with torch.no_grad():
+        trained = vanilla_peft_logits(demo_dir / "model", out, tokens, tmp_path)
+        assert (trained - base(input_ids=tokens).logits).abs().max() > 1e-4
+
+
+def test_gradient_checkpointing_recomputes_each_step_with_that_steps_mask(demo_dir, tmp_path):
+    from axolotl_droplora import installed_rank_dropout
+
+    trainer = make_trainer(demo_dir, tmp_path, DropLoRACallback(rank_dropout=0.5, mask_mode="batch"),
+                           gradient_checkpointing=True)
+    masks = []
+    first_layer = next(iter(installed_rank_dropout(trainer.model).values()))
+    first_layer.register_forward_hook(
+        lambda module, inputs, output: masks.append(tuple((output[0, 0] == 0).tolist())) if module.training else None)
+    trainer.train()
+    assert len(masks) == 8  # 4 steps, each forward run again in the backward pass
+    assert all(masks[2 * step] == masks[2 * step + 1] for step in range(4))
+    assert len(set(masks)) == 4
