@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from typing import Literal
 
@@ -14,6 +15,10 @@ QLORA = "qlora"  # Axolotl quantizes the base to 4 bits only for its own adapter
 RANK_DROPOUT_KEYS = ("droplora_rank_dropout", "droplora_mask_mode", "droplora_rescale")
 MILORA = "milora"  # the value of peft_init_lora_weights that asks for MiLoRA
 DEFAULT_RANK_DROPOUT = 0.3
+SVD_INIT_KEYS = ("svd_init_save_base",)
+# Axolotl ignores keys its schema does not know, so a typo in one of ours would train silently
+# with the default: every key under these prefixes must be one of ours
+OWN_KEY_PREFIXES = ("droplora_", "svd_init_")
 FUSED_LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
 LOG = logging.getLogger(__name__)
 
@@ -79,6 +84,8 @@ class DropLoRAArgs(BaseModel):
     def _fits_the_rest_of_the_config(cls, data):
         if not isinstance(data, dict):
             return data
+        _check_own_key_names(data)
+        _check_svd_init_value(data.get("peft_init_lora_weights"))
         adapter = data.get("adapter")
         own_keys = sorted(key for key in data if key.startswith("droplora_") and data[key] is not None)
         if own_keys and adapter not in (ADAPTER, QLORA):
@@ -129,6 +136,35 @@ class DropLoRAArgs(BaseModel):
                     f"with `adapter: {ADAPTER}`."
                 )
         return data
+
+
+def _check_own_key_names(data: dict) -> None:
+    known = RANK_DROPOUT_KEYS + SVD_INIT_KEYS
+    unknown = sorted(key for key in data if key.startswith(OWN_KEY_PREFIXES) and key not in known)
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        hint = f"did you mean `{close[0]}`?" if close else f"the plugin's keys are {', '.join(known)}"
+        raise ValueError(f"unknown key `{key}`: {hint} (the DropLoRA plugin owns every "
+                         f"{'/'.join(k + '*' for k in OWN_KEY_PREFIXES)} key; a misspelt one would "
+                         f"otherwise be ignored and train with the default)")
+
+
+def _check_svd_init_value(init) -> None:
+    """`milora` is this plugin's value, `pissa`/`pissa_niter_N` PEFT's, which the plugin converts
+    at save time: a near miss (`MiLoRA`, `PiSSA`, `milroa`) would otherwise fail late, at model
+    load, or not at all."""
+    if not isinstance(init, str) or init == MILORA or init.startswith("pissa"):
+        return
+    folded = init.lower().replace("-", "").replace("_", "")
+    if folded.startswith("pissa"):
+        meant = "pissa" + init[len("pissa"):].lower() if init.lower().startswith("pissa") else "pissa"
+    elif difflib.get_close_matches(folded, [MILORA], n=1, cutoff=0.75):
+        meant = MILORA
+    else:
+        return  # another PEFT init (gaussian, olora, eva, …): PEFT checks it
+    raise ValueError(f"`peft_init_lora_weights: {init}` is not a known init: did you mean "
+                     f"`peft_init_lora_weights: {meant}`? (the values are case-sensitive)")
 
 
 def _check_milora(data: dict) -> None:

