@@ -11,7 +11,8 @@ label in `answer`; `humaneval` records have `task_id`, `prompt`; `mbpp` records 
 
 Generation is greedy and batched, with left padding, and appends each finished batch to
 predictions.jsonl before the next starts: an interrupted run resumes where it stopped and
-redoes nothing.
+redoes nothing. Scoring (`scoring="paper"` or `"corrected"`, see scorers.py) runs on those
+generations, so rescoring a finished run in the other mode generates nothing.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from pathlib import Path
 from .plots import grouped_bars
 from .scorers import (
     COMMONSENSE_PATTERNS,
+    ScoringError,
+    check_mode,
     commonsense_answer,
     extract_code,
-    gsm8k_correct,
+    gsm8k_equal,
+    gsm8k_label,
     gsm8k_number,
     math_answer,
-    math_correct,
+    math_equivalent,
 )
 
 ALPACA = (
@@ -73,6 +77,11 @@ def load_set(data_dir: Path, set_name: str) -> list[dict]:
             missing = ["instruction"]
         if missing:
             raise EvalDataError(f"{path}, record {index}: missing {', '.join(missing)}")
+        if set_name == "gsm8k":
+            try:
+                gsm8k_label(record["answer"])
+            except ScoringError as err:
+                raise EvalDataError(f"{path}, record {index}: {err}") from None
     return records
 
 
@@ -90,16 +99,43 @@ def prompt_for(set_name: str, record: dict, math_prompt: str = MATH_PROMPT) -> s
     return ALPACA.format(instruction=question)
 
 
-def score(set_name: str, record: dict, generation: str) -> dict:
-    """The extracted prediction and, where the set has labels here, whether it is correct."""
-    if set_name in COMMONSENSE_PATTERNS:
-        predicted = commonsense_answer(set_name, generation)
-        return {"prediction": predicted, "correct": predicted == record["answer"]}
-    if set_name == "gsm8k":
-        return {"prediction": gsm8k_number(generation), "correct": gsm8k_correct(generation, str(record["answer"]))}
-    if set_name == "math":
-        return {"prediction": math_answer(generation), "correct": math_correct(generation, str(record["answer"]))}
-    return {"prediction": extract_code(generation)}  # code: scored by an executor
+def score(set_name: str, record: dict, generation: str, scoring: str = "paper") -> dict:
+    """The extracted prediction and, where the set has labels here, whether it is correct.
+
+    Never raises for any generation: where the reference code would raise (and abort its run),
+    the example is wrong, with the reason in `error`."""
+    code = set_name in ("humaneval", "mbpp")
+    check_mode(scoring)  # a wrong mode is the caller's error, not the example's
+    try:
+        if code:
+            return {"prediction": extract_code(generation, scoring)}  # scored by an executor
+        if set_name in COMMONSENSE_PATTERNS:
+            predicted = commonsense_answer(set_name, generation, scoring)
+            return {"prediction": predicted, "correct": predicted == record["answer"]}
+        if set_name == "gsm8k":
+            predicted = gsm8k_number(generation, scoring)
+            return {"prediction": _json_number(predicted),
+                    "correct": gsm8k_equal(predicted, gsm8k_label(record["answer"]), scoring)}
+        if set_name == "math":
+            predicted = math_answer(generation)
+            return {"prediction": predicted,
+                    "correct": predicted is not None and math_equivalent(predicted, str(record["answer"]), scoring)}
+    except Exception as err:  # noqa: BLE001 - one odd generation must not stop a whole run
+        reason = str(err) if isinstance(err, ScoringError) else f"{type(err).__name__}: {err}"
+        return {"prediction": "" if code else None, **({} if code else {"correct": False}), "error": reason}
+    raise ValueError(f"unknown set {set_name!r}")
+
+
+def _json_number(value):
+    """A GSM8K prediction for results.json: an int, else a float (or "a/b" beyond float range)."""
+    if value is None or isinstance(value, int):
+        return value
+    if value.denominator == 1:
+        return int(value)
+    try:
+        return float(value)
+    except OverflowError:
+        return str(value)
 
 
 class Generator:
@@ -161,8 +197,11 @@ class Generator:
 
 def evaluate(generate, data_dir: str | Path, sets: list[str], out_dir: str | Path,
              batch_size: int = 8, limit: int | None = None, execute: bool = False,
-             run_info: dict | None = None, math_prompt: str = MATH_PROMPT) -> dict:
+             run_info: dict | None = None, math_prompt: str = MATH_PROMPT, scoring: str = "paper") -> dict:
     """Generate (resuming), score, and write results.json; returns the results.
+
+    `scoring`: "paper" (the papers' evaluation code, quirks included) or "corrected"; recorded
+    in results.json. It is not part of `run_info`: generations are the same in both modes.
 
     `run_info` (model, adapter, settings) is kept in out_dir/run.json: resuming into a folder
     whose predictions came from another model or other settings is refused, not mixed in.
@@ -170,6 +209,7 @@ def evaluate(generate, data_dir: str | Path, sets: list[str], out_dir: str | Pat
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
+    check_mode(scoring)
     data = {name: load_set(Path(data_dir), name)[:limit] for name in sets}  # all errors before any work
     if run_info is not None:
         refuse_other_run(out_dir, run_info)
@@ -197,9 +237,9 @@ def evaluate(generate, data_dir: str | Path, sets: list[str], out_dir: str | Pat
             os.fsync(sink.fileno())
             progress.update(len(batch))
 
-    results = {"sets": {}, "examples": []}
+    results = {"scoring": scoring, "sets": {}, "examples": []}
     for name, records in data.items():
-        scored = [dict(set=name, index=i, generation=done[name, i], **score(name, r, done[name, i]))
+        scored = [dict(set=name, index=i, generation=done[name, i], **score(name, r, done[name, i], scoring))
                   for i, r in enumerate(records)]
         results["examples"].extend(scored)
         if name in ("humaneval", "mbpp"):
@@ -273,23 +313,27 @@ def pass_rate(set_name: str, records: list[dict], scored: list[dict], timeout_s:
 
 def compare(run_dirs: list[str | Path], out_dir: str | Path, paper: dict | None = None) -> str:
     """A Markdown table (runs × sets, then the average, as in the papers' tables) and a PNG
-    bar chart of the same numbers. `paper`: {row label: {set: number}} added as extra rows."""
-    rows = {}
+    bar chart of the same numbers. `paper`: {row label: {set: number}} added as extra rows.
+    A `scoring` column gives each run's scoring mode ("paper" or "corrected"; "unrecorded" for
+    results.json written before modes existed), so rows scored differently are not mixed up."""
+    rows, modes = {}, {}
     for run in map(Path, run_dirs):
         results_file = run / "results.json"
         if not results_file.is_file():
             raise EvalDataError(f"{results_file} not found: run `axolotl droplora eval` for {run} first")
         results = json.loads(results_file.read_text())
         rows[run.name] = {name: s.get("accuracy", s.get("pass@1")) for name, s in results["sets"].items()}
+        modes[run.name] = results.get("scoring", "unrecorded")
     for label, numbers in (paper or {}).items():
         rows[f"{label} (paper)"] = dict(numbers)
+        modes[f"{label} (paper)"] = "published"
     sets = list(dict.fromkeys(name for numbers in rows.values() for name in numbers))
-    lines = ["| run | " + " | ".join(sets) + " | Avg. |", "|---" * (len(sets) + 2) + "|"]
+    lines = ["| run | scoring | " + " | ".join(sets) + " | Avg. |", "|---" * (len(sets) + 3) + "|"]
     for label, numbers in rows.items():
         values = [numbers.get(name) for name in sets]
         known = [v for v in values if v is not None]
         average = f"{sum(known) / len(known):.2f}" if known and len(known) == len(values) else "—"
-        lines.append(f"| {label} | " + " | ".join("—" if v is None else f"{v:.2f}" for v in values)
+        lines.append(f"| {label} | {modes[label]} | " + " | ".join("—" if v is None else f"{v:.2f}" for v in values)
                      + f" | {average} |")
     table = "\n".join(lines) + "\n"
     out_dir = Path(out_dir)

@@ -33,9 +33,10 @@ def test_eval_command_writes_scores_and_predictions_for_a_trained_adapter(tmp_pa
     data = write_sets(tmp_path / "data", COMMONSENSE)
     ran = run_cli(["axolotl", "droplora", "eval", str(demo_dir / "model"), "--task", "commonsense",
                    "--sets", "boolq,piqa", "--data", str(data), "--out", str(tmp_path / "run"),
-                   "--max-new-tokens", "8", "--batch-size", "2"], cwd=tmp_path)
+                   "--max-new-tokens", "8", "--batch-size", "2", "--scoring", "corrected"], cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["scoring"] == "corrected" and "scoring: corrected" in ran.stdout
     assert set(results["sets"]) == {"boolq", "piqa"} and results["sets"]["boolq"]["n"] == 3
     assert len(results["examples"]) == 5 and all("generation" in e and "correct" in e for e in results["examples"])
     assert 0 <= results["average"] <= 100
@@ -75,7 +76,7 @@ def test_code_sets_write_executor_jsonl_and_run_only_when_asked(tmp_path):
     results = evaluate(answer, tmp_path / "data", ["humaneval"], tmp_path / "run")
     assert results["sets"]["humaneval"] == {"n": 1, "samples": "humaneval_samples.jsonl"}
     sample = json.loads((tmp_path / "run" / "humaneval_samples.jsonl").read_text())
-    assert sample == {"task_id": "HumanEval/0", "completion": "def add(a, b):\n    return a + b\n"}
+    assert sample == {"task_id": "HumanEval/0", "completion": "def add(a, b):\n    return a + b"}  # stripped, as DropLoRA
     results = evaluate(answer, tmp_path / "data", ["humaneval"], tmp_path / "run2", execute=True)
     assert results["sets"]["humaneval"]["pass@1"] == 100.0
     hangs = [{"prediction": "def add(a, b):\n    while True:\n        pass\n"}]
@@ -87,15 +88,18 @@ def test_code_sets_write_executor_jsonl_and_run_only_when_asked(tmp_path):
 
 
 def test_compare_writes_a_paper_style_table_and_a_png(tmp_path):
-    for run, (a, b) in {"lora": (60.0, 70.0), "droplora": (62.0, 71.0)}.items():
+    for run, (a, b), mode in (("lora", (60.0, 70.0), "paper"), ("droplora", (62.0, 71.0), "corrected"), ("old", (1.0, 2.0), None)):
         (tmp_path / run).mkdir()
         (tmp_path / run / "results.json").write_text(json.dumps(
-            {"sets": {"boolq": {"accuracy": a, "n": 10}, "piqa": {"accuracy": b, "n": 10}}}))
-    table = compare([tmp_path / "lora", tmp_path / "droplora"], tmp_path / "report",
+            {"sets": {"boolq": {"accuracy": a, "n": 10}, "piqa": {"accuracy": b, "n": 10}},
+             **({"scoring": mode} if mode else {})}))
+    table = compare([tmp_path / "lora", tmp_path / "droplora", tmp_path / "old"], tmp_path / "report",
                     paper={"DropLoRA": {"boolq": 74.37, "piqa": 87.38}})
-    assert table.splitlines()[0] == "| run | boolq | piqa | Avg. |"
-    assert "| droplora | 62.00 | 71.00 | 66.50 |" in table
-    assert "| DropLoRA (paper) | 74.37 | 87.38 | 80.88 |" in table
+    assert table.splitlines()[0] == "| run | scoring | boolq | piqa | Avg. |"
+    assert "| lora | paper | 60.00 | 70.00 | 65.00 |" in table
+    assert "| droplora | corrected | 62.00 | 71.00 | 66.50 |" in table
+    assert "| old | unrecorded | 1.00 | 2.00 | 1.50 |" in table
+    assert "| DropLoRA (paper) | published | 74.37 | 87.38 | 80.88 |" in table
     assert (tmp_path / "report" / "comparison.md").read_text() == table
     with Image.open(tmp_path / "report" / "comparison.png") as image:
         image.load()
@@ -149,3 +153,27 @@ def test_resuming_into_a_folder_of_another_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match="holds results of another run \\(adapter_sha256 differ\\)"):
         evaluate(answer, tmp_path / "data", ["gsm8k"], tmp_path / "run", run_info={**first, "adapter_sha256": "x"})
     assert evaluate(answer, tmp_path / "data", ["gsm8k"], tmp_path / "run", run_info=first)["sets"]["gsm8k"]["n"] == 2
+
+
+def test_scoring_mode_is_recorded_and_odd_generations_are_wrong_with_a_reason(tmp_path):
+    write_sets(tmp_path / "data", {"gsm8k": [{"query": "q", "answer": "#### 1,234"}] * 3})
+    generations = iter(["The answer is: 1,234,567", "The answer is: -" + "9" * 400, "The answer is: 17.5"] * 2)
+    answer = lambda prompts: [next(generations) for _ in prompts]  # noqa: E731
+    paper = evaluate(answer, tmp_path / "data", ["gsm8k"], tmp_path / "run")
+    assert paper["scoring"] == "paper"
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["scoring"] == "paper"
+    first, huge, half = paper["examples"]
+    assert first["prediction"] == 1234 and first["correct"] is True  # MetaMath reads one separator only
+    assert huge["correct"] is False and huge["prediction"] is None
+    assert "OverflowError" in huge["error"] and "error" not in first and half["prediction"] == 18
+    corrected = evaluate(answer, tmp_path / "data", ["gsm8k"], tmp_path / "run", scoring="corrected")
+    assert corrected["scoring"] == "corrected" and [e["correct"] for e in corrected["examples"]] == [False] * 3
+    assert corrected["examples"][0]["prediction"] == 1234567 and corrected["examples"][2]["prediction"] == 17.5
+    with pytest.raises(ValueError, match="unknown scoring 'lenient'; use one of: paper, corrected"):
+        evaluate(answer, tmp_path / "data", ["gsm8k"], tmp_path / "run", scoring="lenient")
+
+
+def test_a_gsm8k_label_that_is_not_a_number_stops_before_generation(tmp_path):
+    write_sets(tmp_path / "data", {"gsm8k": [{"query": "q", "answer": "forty-two"}]})
+    with pytest.raises(ValueError, match="record 0: GSM8K label 'forty-two' is not a number"):
+        evaluate(lambda prompts: pytest.fail("generated"), tmp_path / "data", ["gsm8k"], tmp_path / "run")
