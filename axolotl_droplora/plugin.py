@@ -13,7 +13,8 @@ from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 from axolotl.utils.dict import DictDefault
 from axolotl.utils.logging import get_logger
 
-from .args import ADAPTER, DEFAULT_RANK_DROPOUT, MILORA, asks_for_rank_dropout
+from .args import ADAPTER, MILORA, asks_for_rank_dropout
+from .model_card import Method, attach_to_trainer
 from .trainer_callback import DropLoRACallback
 
 LOG = get_logger(__name__)
@@ -21,24 +22,20 @@ LOG = get_logger(__name__)
 
 def callback_for(cfg: DictDefault) -> DropLoRACallback | None:
     """The DropLoRACallback a recipe asks for, defaults filled in; None for a plain recipe."""
-    milora = cfg.peft_init_lora_weights == MILORA
-    pissa = str(cfg.peft_init_lora_weights).startswith("pissa")
-    rank_dropout = asks_for_rank_dropout(cfg)
-    if not rank_dropout and not milora and not pissa:
+    method = Method.from_recipe(cfg)
+    if method is None:
         return None
-    return DropLoRACallback(
-        rank_dropout=(
-            None if not rank_dropout
-            else DEFAULT_RANK_DROPOUT if cfg.droplora_rank_dropout is None
-            else cfg.droplora_rank_dropout
-        ),
-        mask_mode=cfg.droplora_mask_mode or "element",
-        rescale=True if cfg.droplora_rescale is None else cfg.droplora_rescale,
-        milora=milora,
-        save_base=cfg.svd_init_save_base or "original",
+    callback = DropLoRACallback(
+        rank_dropout=method.rank_dropout,
+        mask_mode=method.mask_mode,
+        rescale=method.rescale,
+        milora=method.init == MILORA,
+        save_base=method.save_base,
         # rl: dpo/ipo/kto/grpo…: TRL's reference must be the starting model, not W_p
         reference_adapter=bool(cfg.rl),
     )
+    callback.method = method  # the model card names the settings left to defaults
+    return callback
 
 
 class DropLoRAPlugin(BasePlugin):
@@ -86,6 +83,13 @@ class DropLoRAPlugin(BasePlugin):
         elif self.callback:
             LOG.info(f"DropLoRA: rl: {getattr(cfg.rl, 'value', cfg.rl)} builds the LoRA model in "
                      f"TRL's trainer; the plugin's callback prepares it when training starts")
+
+    def post_trainer_create(self, cfg: DictDefault, trainer):
+        # Axolotl writes the final README.md (and push_to_hub the pushed one) with the trainer's
+        # create_model_card; TRL's trainers (rl: dpo…) write theirs without PEFT's card, so the
+        # section is added after it, whichever trainer it is
+        if not (cfg.inference or cfg.merge_lora):
+            attach_to_trainer(trainer, lambda: self.callback.card if self.callback else None)
 
     def add_callbacks_post_trainer(self, cfg: DictDefault, trainer):
         if cfg.inference or cfg.merge_lora:

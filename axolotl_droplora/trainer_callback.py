@@ -37,6 +37,7 @@ from .conversion import (
     snapshot_initial_adapter,
 )
 from .milora import init_milora
+from .model_card import Card, Method, attach
 from .rank_dropout import check_rank_dropout_args, install_rank_dropout
 
 LOG = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class DropLoRACallback(TrainerCallback):
         self.milora, self.save_base = milora, save_base
         self.reference_adapter = reference_adapter
         self.initial_adapter = None  # A0, B0 once MiLoRA has run and saves must be converted
+        # the plugin sets `method` from the recipe, naming the settings left to defaults
+        self.method: Method | None = None
+        self.card: Card | None = None  # what every save's README.md says (model_card.py)
         self._prepared = False
 
     def prepare(self, model) -> None:
@@ -98,7 +102,15 @@ class DropLoRACallback(TrainerCallback):
             kinds = sorted({type(m).__name__ for m in model.modules() if isinstance(m, LoraLayer)})
             LOG.info(f"DropLoRA: rank dropout p={self.rank_dropout} mask_mode={self.mask_mode} "
                      f"rescale={self.rescale} on {len(hooked)} LoRA layers ({', '.join(kinds)})")
+        # before any save: the adapter's r here is the trained r, whatever conversion follows
+        self.card = Card.of(self.method or self._method(model), model)
+        attach(model, self.card)
         self._prepared = True
+
+    def _method(self, model) -> Method:
+        init = str(model.peft_config[ACTIVE_ADAPTER].init_lora_weights) if _is_pissa(model) else None
+        return Method(self.rank_dropout, self.mask_mode, self.rescale,
+                      "milora" if self.milora else init, self.save_base)
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         self.prepare(model)

@@ -56,5 +56,5 @@ if [ "$tests" != "--no-tests" ]; then
   # the pytest command (not python -m pytest), so the tests import the installed wheel, not the checkout
   "$venv/bin/pytest" -p no:cacheprovider tests/test_rank_dropout.py tests/test_args.py \
     tests/test_variants.py tests/test_conversion.py tests/test_milora.py tests/test_trainer_callback.py \
-    tests/test_recipes.py tests/test_plugin.py
+    tests/test_recipes.py tests/test_plugin.py tests/test_model_card.py tests/test_explain.py
 fi
