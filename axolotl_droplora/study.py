@@ -1,33 +1,35 @@
-"""Replication study: LoRA vs DropLoRA (p, mask modes) vs DoRA / PiSSA / MiLoRA, several seeds.
+"""Replication study: LoRA vs DropLoRA (p, mask modes, r) vs DoRA / PiSSA / MiLoRA, several seeds.
 
     run_study(base_model, out_dir, "cpu")   -> out_dir/report.md and out_dir/study.png
 
 Every arm fine-tunes the same base model on the demo's arithmetic task (demo.py) with TRL's
 SFTTrainer and a PEFT LoraConfig, DropLoRA and MiLoRA through `DropLoRACallback` (the same
-rank-dropout and init code the Axolotl plugin installs), then answers the held-out questions
-greedily and is scored with the papers' GSM8K scorer. Each (arm, seed) writes
-runs/<arm>/seed<k>/result.json when it finishes, so an interrupted study resumes where it stopped.
+rank-dropout and init code the Axolotl plugin installs), then answers held-out questions
+greedily (scored with the papers' GSM8K scorer) and, in the configs with `n_loss`, scores the
+held-out answer loss (answer_loss.py) on more questions: one run is study_run.py. Each (arm,
+seed) writes runs/<arm>/seed<k>/result.json when it finishes, so an interrupted study resumes
+where it stopped. This module holds the arms, the configs, the loop and the first study's report.
 
-The report gives held-out accuracy mean ± sample std over seeds, the per-step training loss
-(mean over seeds, in the plot), and for each DropLoRA arm its difference from LoRA in units of
-the standard error of that difference (paired by seed): "beyond seed noise" means more than 2
-standard errors.
+Two kinds of config:
+- `cpu` / `gpu` (the first study): accuracy only; the report (write_report below) gives mean ±
+  std over seeds and each arm's paired difference from LoRA in standard errors.
+- the regime configs (`under-*`, `over-*`): held-out answer loss as the primary metric, accuracy
+  beside it, 95% intervals and minimum detectable differences (study_stats.py), per-epoch loss
+  curves when `epochs` is set, and the mechanism analyses (mechanism.py) of `mechanism_arms`;
+  report by study_report.py.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import gc
 import json
 import logging
-import platform
 import statistics
-import time
 from pathlib import Path
 
 from .demo import make_demo
-from .evaluate import Generator, evaluate, refuse_other_run
+from .evaluate import refuse_other_run
+from .mechanism import DEFAULT_FRACTIONS
 from .plots import bars_and_curves
 
 LOG = logging.getLogger(__name__)
@@ -37,7 +39,10 @@ LOG = logging.getLogger(__name__)
 PROMPT = "Question: {instruction}\nAnswer:"
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # the DropLoRA paper's
 
-# arm -> how it differs from plain LoRA (LoraConfig keys, or DropLoRACallback's)
+# arm -> how it differs from plain LoRA at the config's r: LoraConfig keys, DropLoRACallback's
+# (rank_dropout, mask_mode, milora), "r" and "lora_dropout" (override the config's), "galore"
+# (full fine-tuning of the target modules with the GaLore optimizer, no adapter) and "vs": the
+# arm it is paired with in the report (default LoRA), so each comparison changes one thing.
 ARMS = {
     "lora": {},
     "droplora-p0.1": {"rank_dropout": 0.1},
@@ -48,8 +53,36 @@ ARMS = {
     "dora": {"use_dora": True},
     "pissa": {"init_lora_weights": "pissa_niter_4"},
     "milora": {"milora": True},
+    # the regime configs' arms: SVD inits with and without rank dropout (the DropLoRA paper's
+    # open question), PiSSA also without input dropout (which perturbs its principal components)
+    "pissa-droplora-p0.3": {"init_lora_weights": "pissa_niter_4", "rank_dropout": 0.3, "vs": "pissa"},
+    "pissa-ld0": {"init_lora_weights": "pissa_niter_4", "lora_dropout": 0.0},
+    "pissa-ld0-droplora-p0.3": {"init_lora_weights": "pissa_niter_4", "lora_dropout": 0.0, "rank_dropout": 0.3,
+                                "vs": "pissa-ld0"},
+    "milora-droplora-p0.3": {"milora": True, "rank_dropout": 0.3, "vs": "milora"},
+    # the r × p grid; r = 16 (the configs' r) is lora / droplora-p0.3 / droplora-p0.5
+    **{f"lora-r{r}": {"r": r} for r in (4, 64)},
+    **{f"droplora-p{p}-r{r}": {"r": r, "rank_dropout": p, "vs": f"lora-r{r}"} for r in (4, 64) for p in (0.3, 0.5)},
+    # GaLore: full-rank updates of the target modules from gradients projected on a rank-r subspace
+    # that is recomputed every update_proj_gap steps (a "dynamic subspace" without rank masks)
+    "galore": {"galore": {"update_proj_gap": 6, "scale": 0.25, "proj_type": "std"}},
 }
-SVD_INITS = ("pissa", "milora")  # their papers use lora_alpha = r; the others use 2r
+LEGACY_ARMS = ("lora", "droplora-p0.1", "droplora-p0.3", "droplora-p0.5", "droplora-p0.3-sequence",
+               "droplora-p0.3-batch", "dora", "pissa", "milora")  # the first study's, in its report's order
+UNDER_ARMS = ("lora", "droplora-p0.1", "droplora-p0.3", "droplora-p0.5", "pissa-ld0", "pissa-ld0-droplora-p0.3",
+              "pissa", "pissa-droplora-p0.3", "milora", "milora-droplora-p0.3", "galore")
+OVER_ARMS = ("lora", "droplora-p0.1", "droplora-p0.3", "droplora-p0.5", "lora-r4", "droplora-p0.3-r4",
+             "droplora-p0.5-r4", "lora-r64", "droplora-p0.3-r64", "droplora-p0.5-r64")
+
+
+def reference_arm(arm: str) -> str:
+    """The arm `arm` is compared with: the same run without the one thing it adds."""
+    return ARMS[arm].get("vs", "lora")
+
+
+def is_svd_init(arm: str) -> bool:
+    spec = ARMS[arm]
+    return bool(spec.get("milora")) or str(spec.get("init_lora_weights", "")).startswith("pissa")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +97,62 @@ class StudyConfig:
     bf16: bool
     max_new_tokens: int = 28  # the longest answer, "58 * 44 = 2552. The answer is: 2552", is 23 tokens
     eval_batch_size: int = 50
+    # the regime configs' settings; each default is the first study's behaviour
+    epochs: int = 0  # > 0: train this many epochs (steps unused), held-out loss after each
+    n_accuracy: int = 0  # held-out questions answered greedily (0: all n_heldout)
+    n_loss: int = 0  # held-out questions whose answer loss is scored (0: none, the first study)
+    n_curve: int = 0  # the per-epoch curve's questions, the first of the n_loss (0: all n_loss)
+    lora_dropout: float = 0.05  # the MiLoRA paper's for every method (its Table 8); arms may override
+    arms: tuple[str, ...] = ()  # the arms run when none are named (empty: LEGACY_ARMS)
+    mechanism_arms: tuple[str, ...] = ()  # arms whose adapters get the mechanism analyses
+    n_prune: int = 200  # held-out questions of the channel-removal curve
+    prune_draws: int = 3
+    prune_fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+
+    def __post_init__(self):
+        for key in ("arms", "mechanism_arms"):
+            unknown = [arm for arm in getattr(self, key) if arm not in ARMS]
+            if unknown:
+                raise ValueError(f"StudyConfig {key}: unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
+        unfit = [arm for arm in self.mechanism_arms if is_svd_init(arm) or "galore" in ARMS[arm] or "use_dora" in ARMS[arm]]
+        if unfit:
+            raise ValueError(f"StudyConfig mechanism_arms: {', '.join(unfit)} do not train ΔW = s·B·A from B0 = 0 "
+                             f"(SVD init, DoRA or GaLore), so the spectra and channel removal would not be about "
+                             f"what they learned; leave them out")
+        if self.n_loss > self.n_heldout or self.n_accuracy > self.n_heldout:
+            raise ValueError(f"StudyConfig: n_loss ({self.n_loss}) and n_accuracy ({self.n_accuracy}) must not "
+                             f"exceed n_heldout ({self.n_heldout}); raise n_heldout")
+        if self.epochs and not self.n_loss:
+            raise ValueError("StudyConfig: epochs is set but n_loss is 0: the per-epoch curve needs n_loss > 0")
+
+    @property
+    def default_arms(self) -> list[str]:
+        return list(self.arms or LEGACY_ARMS)
+
+    @property
+    def total_steps(self) -> int:
+        return -(-self.n_train // self.batch_size) * self.epochs if self.epochs else self.steps
+
+
+_FIRST_STUDY_FIELDS = ("steps", "batch_size", "r", "learning_rate", "n_train", "n_heldout", "seeds", "bf16",
+                       "max_new_tokens", "eval_batch_size")
+
+
+def study_settings(cfg: StudyConfig, base_model: str) -> dict:
+    """What study.json keeps: the base model and every setting, less the later fields still at
+    their defaults, so a folder of the first study (reports/study-cpu) still resumes."""
+    defaults = {f.name: f.default for f in dataclasses.fields(StudyConfig)}
+    settings = {"base_model": base_model}
+    for key, value in dataclasses.asdict(cfg).items():
+        if key in _FIRST_STUDY_FIELDS or value != defaults[key]:
+            settings[key] = list(value) if isinstance(value, tuple) else value
+    return settings
+
+
+def config_from_settings(settings: dict) -> StudyConfig:
+    """The StudyConfig a study.json was written for."""
+    tuples = {f.name for f in dataclasses.fields(StudyConfig) if "tuple" in str(f.type)}
+    return StudyConfig(**{k: tuple(v) if k in tuples else v for k, v in settings.items() if k != "base_model"})
 
 
 CONFIGS = {
@@ -73,100 +162,100 @@ CONFIGS = {
     # sized by estimate for one H100/H200 in about 10 minutes; not yet run on a GPU
     "gpu": StudyConfig(steps=150, batch_size=32, r=32, learning_rate=5e-4, n_train=4000,
                        n_heldout=500, seeds=(0, 1, 2), bf16=True, eval_batch_size=250),
+    # under-trained regime (the first study's training), with the answer loss on 1000 questions
+    # and 5 seeds; not yet run
+    "under-cpu": StudyConfig(steps=18, batch_size=8, r=16, learning_rate=1e-3, n_train=400, n_heldout=1000,
+                             seeds=(0, 1, 2, 3, 4), bf16=False, n_accuracy=300, n_loss=1000, arms=UNDER_ARMS,
+                             mechanism_arms=("lora", "droplora-p0.3"), n_prune=100, prune_draws=2),
+    # overfitting regime: 64 questions seen for 8 epochs; held-out loss after each epoch on 200
+    # questions, the final one on 1000. Not yet run, nor calibrated: LoRA's mean curve must have
+    # its minimum before the last epoch (the report checks and says so), else raise epochs or
+    # learning_rate, or lower n_train.
+    "over-cpu": StudyConfig(steps=0, batch_size=8, r=16, learning_rate=1e-3, n_train=64, n_heldout=1000,
+                            seeds=(0, 1, 2), bf16=False, epochs=8, n_accuracy=300, n_loss=1000, n_curve=200,
+                            arms=OVER_ARMS, mechanism_arms=("lora", "droplora-p0.3", "lora-r64", "droplora-p0.3-r64"),
+                            n_prune=100, prune_draws=2),
 }
+# the same regimes sized for one GPU by estimate (bigger sets, more seeds); not yet run
+CONFIGS["under-gpu"] = dataclasses.replace(CONFIGS["under-cpu"], steps=150, batch_size=32, n_train=4000,
+                                           n_heldout=2000, n_accuracy=1000, n_loss=2000, bf16=True,
+                                           eval_batch_size=250, n_prune=500, prune_draws=3)
+CONFIGS["over-gpu"] = dataclasses.replace(CONFIGS["over-cpu"], n_train=256, batch_size=16, n_heldout=2000,
+                                          n_accuracy=1000, n_loss=2000, n_curve=1000, seeds=(0, 1, 2, 3, 4),
+                                          bf16=True, eval_batch_size=250, n_prune=500, prune_draws=3)
 
 
 def run_study(base_model: str | Path, out_dir: str | Path, config: str | StudyConfig = "cpu",
               arms: list[str] | None = None) -> str:
-    """Train and score every (arm, seed) not done yet, then write report.md and study.png."""
+    """Train and score every (arm, seed) not done yet, then write report.md and the figures."""
     from tqdm.auto import tqdm
 
     cfg = CONFIGS[config] if isinstance(config, str) else config
-    arms = list(arms or ARMS)
+    arms = list(arms or cfg.default_arms)
     unknown = [arm for arm in arms if arm not in ARMS]
     if unknown:
         raise ValueError(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
+    if cfg.n_loss:  # each comparison needs its reference arm
+        missing = sorted({reference_arm(arm) for arm in arms} - set(arms))
+        if missing:
+            raise ValueError(f"arm(s) {', '.join(missing)} must be run too: the report compares "
+                             f"{', '.join(a for a in arms if reference_arm(a) in missing)} with them")
+    from .study_run import cross_seed, load, require_galore, train_and_score
+
+    if any("galore" in ARMS[arm] for arm in arms):
+        require_galore()
     out_dir = Path(out_dir)
-    settings = {"base_model": str(Path(base_model).resolve()), **dataclasses.asdict(cfg)}
-    settings["seeds"] = list(cfg.seeds)
+    settings = study_settings(cfg, str(Path(base_model).resolve()))
     refuse_other_run(out_dir, settings, info_name="study.json", evidence="runs")
     make_demo(out_dir / "task", base_model, n_train=cfg.n_train, n_heldout=cfg.n_heldout)
     (out_dir / "study.json").write_text(json.dumps(settings, indent=1))
+    if cfg.n_loss:  # what the report is made from is committed; models and scratch are not
+        (out_dir / ".gitignore").write_text("task/\nadapters/\nruns/*/seed*/eval/\nruns/*/seed*/trainer/\n")
 
     todo = [(arm, seed) for arm in arms for seed in cfg.seeds if not _result_file(out_dir, arm, seed).is_file()]
     if todo:
-        base, tokenizer, train_data = _load(base_model, out_dir / "task", cfg)
+        base, tokenizer, train_data, heldout = load(base_model, out_dir / "task", cfg)
         for arm, seed in tqdm(todo, desc="study runs", unit="run"):
-            result = _train_and_score(base, tokenizer, train_data, arm, seed, cfg, out_dir)
-            tqdm.write(f"{arm} seed {seed}: held-out accuracy {result['accuracy']:.1f}% "
+            result = train_and_score(base, tokenizer, train_data, heldout, arm, seed, cfg, out_dir)
+            loss = f", held-out answer loss {result['heldout_loss']:.4f}" if "heldout_loss" in result else ""
+            tqdm.write(f"{arm} seed {seed}: held-out accuracy {result['accuracy']:.1f}%{loss} "
                        f"(train {result['train_s']:.0f} s)")
-    return write_report(out_dir, arms, cfg, settings["base_model"])
+    for arm in cfg.mechanism_arms:
+        if arm in arms:
+            cross_seed(out_dir, arm, cfg)
+    return write_any_report(out_dir, arms, cfg, settings["base_model"])
+
+
+def write_any_report(out_dir: Path, arms: list[str], cfg: StudyConfig, base_model: str) -> str:
+    """The first study's report for its configs, the regime report for the others."""
+    if cfg.n_loss:
+        from .study_report import write_regime_report
+
+        return write_regime_report(out_dir, arms, cfg, base_model)
+    return write_report(out_dir, arms, cfg, base_model)
+
+
+def regenerate_report(out_dir: str | Path, arms: list[str] | None = None) -> str:
+    """report.md and figures again from the committed study.json and runs/ (no model, no training)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "study.json").is_file():
+        raise ValueError(f"{out_dir / 'study.json'} is missing: not a study folder")
+    settings = json.loads((out_dir / "study.json").read_text())
+    cfg = config_from_settings(settings)
+    arms = list(arms or cfg.default_arms)
+    missing = [f"{arm}/seed{s}" for arm in arms for s in cfg.seeds if not _result_file(out_dir, arm, s).is_file()]
+    if missing:
+        raise ValueError(f"{out_dir}/runs lacks {', '.join(missing)}: run the study to finish them, "
+                         f"or name the finished arms with --arms")
+    return write_any_report(out_dir, arms, cfg, settings["base_model"])
 
 
 def _result_file(out_dir: Path, arm: str, seed: int) -> Path:
     return out_dir / "runs" / arm / f"seed{seed}" / "result.json"
 
 
-def _load(base_model, task_dir: Path, cfg: StudyConfig):
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
-    if torch.cuda.is_available():
-        base = base.to("cuda")
-    records = [json.loads(line) for line in (task_dir / "data" / "train.jsonl").read_text().splitlines()]
-    train_data = Dataset.from_list([{"prompt": PROMPT.format(instruction=r["instruction"]),
-                                     "completion": " " + r["output"]} for r in records])
-    return base, tokenizer, train_data
-
-
-def _train_and_score(base, tokenizer, train_data, arm: str, seed: int, cfg: StudyConfig, out_dir: Path) -> dict:
-    from peft import LoraConfig
-    from transformers import PrinterCallback, set_seed
-    from trl import SFTConfig, SFTTrainer
-
-    from .trainer_callback import DropLoRACallback
-
-    lora_kwargs = dict(ARMS[arm])
-    rank_dropout = lora_kwargs.pop("rank_dropout", None)
-    mask_mode = lora_kwargs.pop("mask_mode", "element")
-    milora = lora_kwargs.pop("milora", False)
-    run_dir = _result_file(out_dir, arm, seed).parent
-    set_seed(seed)  # before the LoRA init too, which happens inside SFTTrainer's __init__
-    trainer = SFTTrainer(
-        copy.deepcopy(base),
-        args=SFTConfig(
-            output_dir=str(run_dir / "trainer"), max_steps=cfg.steps, seed=seed,
-            per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-            lr_scheduler_type="linear", warmup_steps=max(1, cfg.steps // 10), logging_steps=1,
-            save_strategy="no", report_to=[], bf16=cfg.bf16, disable_tqdm=True,
-        ),
-        train_dataset=train_data,
-        processing_class=tokenizer,
-        peft_config=LoraConfig(r=cfg.r, lora_alpha=cfg.r if arm in SVD_INITS else 2 * cfg.r,
-                               lora_dropout=0.05, target_modules=TARGET_MODULES, **lora_kwargs),
-        callbacks=[DropLoRACallback(rank_dropout, mask_mode, milora=milora)] if rank_dropout or milora else [],
-    )
-    trainer.remove_callback(PrinterCallback)  # the losses go to the report, not the terminal
-    start = time.perf_counter()
-    trainer.train()
-    train_s = time.perf_counter() - start
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-
-    start = time.perf_counter()
-    scored = evaluate(Generator.from_model(trainer.model, tokenizer, cfg.max_new_tokens), out_dir / "task" / "heldout",
-                      ["gsm8k"], run_dir / "eval", batch_size=cfg.eval_batch_size, math_prompt=PROMPT)
-    result = {"arm": arm, "seed": seed, "accuracy": scored["sets"]["gsm8k"]["accuracy"], "losses": losses,
-              "train_s": train_s, "eval_s": time.perf_counter() - start, "machine": _machine()}
-    del trainer
-    gc.collect()
-    done = _result_file(out_dir, arm, seed)
-    scratch = done.with_suffix(".partial")
-    scratch.write_text(json.dumps(result, indent=1))
-    scratch.replace(done)  # the run counts as done only once this exists
-    return result
+def _adapter_dir(out_dir: Path, arm: str, seed: int) -> Path:
+    return out_dir / "adapters" / arm / f"seed{seed}"
 
 
 def difference_from(reference: list[float], other: list[float]) -> tuple[float, float]:
@@ -197,20 +286,6 @@ def verdict(label: str, reference: list[float], other: list[float]) -> str:
     if delta == 0:
         return f"{label} tied with LoRA ({noise})"
     return f"{label} {'beat' if delta > 0 else 'fell behind'} LoRA by {abs(delta):.1f} points ({noise})"
-
-
-def _machine() -> str:
-    """What a run ran on, recorded with its result so a report rewritten elsewhere stays true."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {torch.get_num_threads()} threads"
 
 
 def write_report(out_dir: Path, arms: list[str], cfg: StudyConfig, base_model: str) -> str:

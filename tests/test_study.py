@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from axolotl_droplora.study import ARMS, CONFIGS, StudyConfig, beyond_noise, difference_from, verdict, write_report
+from axolotl_droplora.study import (
+    CONFIGS,
+    OVER_ARMS,
+    UNDER_ARMS,
+    StudyConfig,
+    beyond_noise,
+    config_from_settings,
+    difference_from,
+    regenerate_report,
+    run_study,
+    study_settings,
+    verdict,
+    write_report,
+)
+from axolotl_droplora.study_stats import describe, paired_difference
 from conftest import run_cli
 
 
@@ -121,10 +136,217 @@ def test_committed_cpu_report_is_what_its_committed_runs_give(tmp_path):
     """README quotes reports/study-cpu/report.md: it must follow from the runs committed with it."""
     committed = Path(__file__).parents[1] / "reports" / "study-cpu"
     shutil.copytree(committed / "runs", tmp_path / "runs")
+    shutil.copy(committed / "study.json", tmp_path / "study.json")
     settings = json.loads((committed / "study.json").read_text())
     config = StudyConfig(**{**{k: v for k, v in settings.items() if k != "base_model"},
                             "seeds": tuple(settings["seeds"])})
     assert config == CONFIGS["cpu"]  # the report is the cpu config's, as README says
-    report = write_report(tmp_path, list(ARMS), config, settings["base_model"])
+    report = regenerate_report(tmp_path)  # what `study --report-only --out reports/study-cpu` runs
     assert report == (committed / "report.md").read_text()
     assert "Machine: AMD EPYC, 2 threads; 27.0 min" in report
+
+
+# ---- the regime study: paired statistics, configs, the regime report, a tiny end-to-end run ----
+
+# Student t quantiles from a printed table (two-sided 95%: 0.975; one-sided 80%: 0.80)
+T_975 = {2: 4.303, 4: 2.776}
+T_80 = {2: 1.061, 4: 0.941}
+
+
+def test_paired_interval_and_minimum_detectable_difference_by_hand():
+    d = paired_difference([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])  # differences 1, 2, 3: mean 2, sd 1
+    se = 1 / 3 ** 0.5
+    assert (d.n, d.mean, d.sd) == (3, pytest.approx(2.0), pytest.approx(1.0))
+    assert d.low == pytest.approx(2 - T_975[2] * se, rel=1e-3) and d.high == pytest.approx(2 + T_975[2] * se, rel=1e-3)
+    assert d.mdd == pytest.approx((T_975[2] + T_80[2]) * se, rel=1e-3)  # 3.097
+    assert not d.excludes_zero  # [-0.48, 4.48]
+
+    d = paired_difference([1.0] * 5, [1.1, 1.3, 1.2, 1.4, 1.0])  # mean 0.2, sd √0.025
+    se = 0.025 ** 0.5 / 5 ** 0.5
+    assert d.mean == pytest.approx(0.2) and d.sd == pytest.approx(0.025 ** 0.5)
+    assert (d.low, d.high) == (pytest.approx(0.2 - T_975[4] * se, abs=1e-3), pytest.approx(0.2 + T_975[4] * se, abs=1e-3))
+    assert d.low > 0 and d.excludes_zero  # [0.004, 0.396]
+    assert d.mdd == pytest.approx((T_975[4] + T_80[4]) * se, rel=1e-3)  # 0.263
+    with pytest.raises(ValueError):
+        paired_difference([1.0, 2.0], [1.0])  # seeds must pair up
+
+
+def test_describe_says_direction_interval_and_detectable_size():
+    better = paired_difference([1.0] * 5, [0.9, 0.7, 0.8, 0.6, 1.0])  # loss fell by 0.2
+    assert describe("droplora-p0.3", "lora", better, "nats/token", lower_is_better=True) == (
+        "droplora-p0.3 − lora: -0.200 nats/token, 95% CI [-0.396, -0.004]: better than lora (the interval "
+        "excludes 0); smallest difference these 5 seeds detect (80% power): 0.263 nats/token")
+    unclear = paired_difference([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
+    assert "no difference from pissa shown (the interval includes 0)" in describe("x", "pissa", unclear, "points", False)
+    assert describe("x", "lora", paired_difference([1.0], [1.5]), "points", False) == \
+        "x − lora: +0.500 points (one seed: no interval)"
+
+
+def test_regime_configs_meet_the_issue_and_refuse_bad_settings():
+    for name in ("under-cpu", "over-cpu", "under-gpu", "over-gpu"):
+        cfg = CONFIGS[name]
+        assert cfg.n_loss >= 1000 and cfg.n_accuracy >= 300, name
+        assert config_from_settings(study_settings(cfg, "/m")) == cfg  # study.json round-trips
+    assert CONFIGS["over-cpu"].epochs > 1 and CONFIGS["over-cpu"].n_train < CONFIGS["under-cpu"].n_train
+    assert {"pissa-ld0-droplora-p0.3", "milora-droplora-p0.3", "pissa-droplora-p0.3"} <= set(UNDER_ARMS)
+    assert {f"droplora-p0.5-r{r}" for r in (4, 64)} <= set(OVER_ARMS)
+    # a folder of the first study keeps its study.json: new fields at their defaults are left out
+    committed = json.loads((Path(__file__).parents[1] / "reports" / "study-cpu" / "study.json").read_text())
+    assert study_settings(CONFIGS["cpu"], committed["base_model"]) == committed
+    with pytest.raises(ValueError, match="mechanism_arms: unknown arm"):
+        StudyConfig(1, 2, 4, 1e-3, 8, 8, (0,), False, n_loss=4, mechanism_arms=("lora-r5",))
+    with pytest.raises(ValueError, match="mechanism_arms: pissa, galore do not train ΔW = s·B·A from B0 = 0"):
+        StudyConfig(1, 2, 4, 1e-3, 8, 8, (0,), False, n_loss=4, mechanism_arms=("lora", "pissa", "galore"))
+    with pytest.raises(ValueError, match=r"must not exceed n_heldout \(8\)"):
+        StudyConfig(1, 2, 4, 1e-3, 8, 8, (0,), False, n_loss=1000)
+    with pytest.raises(ValueError, match="the per-epoch curve needs n_loss > 0"):
+        StudyConfig(1, 2, 4, 1e-3, 8, 8, (0,), False, epochs=3)
+
+
+def _fake_run(curve, accuracy, pruning=None, rank=None):
+    result = {"accuracy": accuracy, "losses": [1.0], "heldout_loss": curve[-1], "loss_curve": curve,
+              "train_s": 60.0, "eval_s": 10.0, "loss_s": 5.0, "curve_s": 5.0, "machine": "Some CPU, 2 threads"}
+    if pruning is not None:
+        result["mechanism"] = {"spectra": {"effective_rank_mean": rank, "effective_rank_min": rank, "effective_rank_max": rank,
+                                           "r": 16, "normalised_spectrum": [1.0, 0.5, 0.25, 0.1]},
+                               "effective_rank": {}, "seconds": 10.0,
+                               "pruning": {"full": curve[-1], "curve": [{"fraction": 0.25, "losses": [curve[-1] + pruning / 2] * 2},
+                                                                        {"fraction": 0.5, "losses": [curve[-1] + pruning] * 2}]}}
+    return result
+
+
+def _write_fake_over_study(root: Path) -> StudyConfig:
+    config = StudyConfig(steps=0, batch_size=4, r=16, learning_rate=1e-3, n_train=8, n_heldout=20, seeds=(0, 1, 2),
+                         bf16=False, epochs=2, n_accuracy=10, n_loss=20, arms=("lora", "droplora-p0.3", "lora-r4",
+                         "droplora-p0.3-r4"), mechanism_arms=("lora", "droplora-p0.3"), prune_fractions=(0.25, 0.5))
+    # LoRA overfits: lowest after epoch 1, up again after epoch 2 (rises 0.2, 0.25, 0.15); DropLoRA barely rises
+    runs = {
+        "lora": [([2.0, 1.0, 1.2], 40, 0.4, 3.0), ([2.0, 1.1, 1.35], 42, 0.5, 3.1), ([2.0, 0.9, 1.05], 44, 0.3, 2.9)],
+        "droplora-p0.3": [([2.0, 1.0, 1.05], 41, 0.1, 3.5), ([2.0, 1.1, 1.1], 43, 0.2, 3.6), ([2.0, 0.9, 0.9], 44, 0.1, 3.4)],
+        "lora-r4": [([2.0, 1.2, 1.3], 38, None, None), ([2.0, 1.2, 1.3], 39, None, None), ([2.0, 1.2, 1.4], 40, None, None)],
+        "droplora-p0.3-r4": [([2.0, 1.3, 1.3], 38, None, None), ([2.0, 1.3, 1.4], 38, None, None), ([2.0, 1.3, 1.5], 41, None, None)],
+    }
+    for arm, seeds in runs.items():
+        for seed, (curve, accuracy, pruning, rank) in zip(config.seeds, seeds):
+            (root / "runs" / arm / f"seed{seed}").mkdir(parents=True)
+            (root / "runs" / arm / f"seed{seed}" / "result.json").write_text(json.dumps(_fake_run(curve, accuracy, pruning, rank)))
+    (root / "runs" / "lora" / "cross_seed.json").write_text(json.dumps({"seeds": [0, 1, 2], "phi": {"k=1": 0.5, "k=8": 0.25, "k=16": 0.2}}))
+    (root / "study.json").write_text(json.dumps(study_settings(config, "/models/SmolLM2")))
+    return config
+
+
+def test_regime_report_states_intervals_overfitting_grid_mechanism_and_every_claim(tmp_path):
+    _write_fake_over_study(tmp_path)
+    report = regenerate_report(tmp_path)
+    assert report == (tmp_path / "report.md").read_text()
+    assert "# Replication study, overfitting regime" in report
+    assert "2 epochs over 8 training questions (4 steps of batch 4)" in report
+    assert "| lora | — | 1.2000 ± 0.1500 | 42.0 ± 2.0 | 1.2000, 1.3500, 1.0500 | 60 |" in report
+    # droplora − lora per seed: −0.15, −0.25, −0.15: mean −0.1833, sd 0.0577, half-width 4.303 · 0.0577/√3 = 0.1434
+    assert "droplora-p0.3 − lora: -0.1833 nats/token, 95% CI [-0.3268, -0.0399]: better than lora" in report
+    assert "| droplora-p0.3-r4 | lora-r4 |" in report and "droplora-p0.3-r4 − lora-r4: +0.0667 nats/token" in report
+    # LoRA's mean curve is lowest after epoch 1; last − epoch 1 per seed: 0.2, 0.25, 0.15 (sd 0.05)
+    assert "**Overfitting check: shown.** LoRA's mean held-out loss is lowest after epoch 1" in report
+    assert "changes by +0.2000 nats/token [+0.0758, +0.3242]" in report
+    assert "| 4 | 1.3333 | 1.4000 (+0.0667 [" in report and "| 16 | 1.2000 | 1.0167 (-0.1833 [" in report
+    assert "| lora | 16 | 3.00 | 0.500 / 0.250 / 0.200 | +0.2000 | +0.4000 |" in report
+    assert "| droplora-p0.3 | 16 | 3.50 | not run yet | +0.0667 | +0.1333 |" in report
+    for claim in ("DropLoRA beats LoRA (Tables 1–4):** droplora-p0.3 − lora", "**p = 0.3 is best:** not run yet",
+                  "**r trend", "r = 4: droplora-p0.3-r4 − lora-r4", "**A loss at p ≥ 0.5 on math:** not run yet",
+                  "**No inference cost:**", "**Rank dropout on SVD inits (PiSSA, MiLoRA; the paper's open question):** not run yet",
+                  "**Regularisation: DropLoRA overfits less (smaller rise of the held-out loss):** droplora-p0.3 − lora rise",
+                  "**Implicit ensemble (degrades less when rank channels are removed):** droplora-p0.3 − lora",
+                  "**GaLore", "**What this cannot say.**"):
+        assert claim in report, claim
+    for figure in ("curves.png", "grid.png", "spectra.png", "pruning.png"):
+        assert f"]({figure})" in report
+        with Image.open(tmp_path / figure) as image:
+            assert image.format == "PNG" and image.size[0] >= 600
+
+
+def test_report_only_command_regenerates_without_a_model_and_names_missing_runs(tmp_path):
+    _write_fake_over_study(tmp_path)
+    ran = run_cli([sys.executable, "-m", "axolotl_droplora", "study", "--report-only", "--out", str(tmp_path)], cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    assert "Overfitting check: shown" in report and ran.stdout.strip().endswith(report.strip().splitlines()[-1])
+    (tmp_path / "runs" / "lora-r4" / "seed2" / "result.json").unlink()
+    ran = run_cli([sys.executable, "-m", "axolotl_droplora", "study", "--report-only", "--out", str(tmp_path)], cwd=tmp_path)
+    assert ran.returncode != 0 and "runs lacks lora-r4/seed2: run the study to finish them" in ran.stderr
+
+
+def test_tiny_regime_study_trains_scores_curves_and_analyses_then_resumes(tmp_path, demo_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from axolotl_droplora.answer_loss import answer_nll
+    from axolotl_droplora.study_run import heldout_pairs
+
+    config = StudyConfig(steps=0, batch_size=4, r=4, learning_rate=2e-3, n_train=8, n_heldout=16, seeds=(0, 1),
+                         bf16=False, max_new_tokens=6, eval_batch_size=8, epochs=2, n_accuracy=4, n_loss=12, n_curve=6,
+                         arms=("lora", "droplora-p0.3"), mechanism_arms=("lora", "droplora-p0.3"), n_prune=4,
+                         prune_draws=2, prune_fractions=(0.25, 0.5))
+    out = tmp_path / "study"
+    report = run_study(demo_dir / "model", out, config)
+    files = sorted(out.glob("runs/*/seed*/result.json"))
+    results = {(r["arm"], r["seed"]): r for r in (json.loads(f.read_text()) for f in files)}
+    assert sorted(results) == [("droplora-p0.3", 0), ("droplora-p0.3", 1), ("lora", 0), ("lora", 1)]
+    for result in results.values():
+        assert len(result["loss_curve"]) == 3 and all(v > 0 for v in result["loss_curve"])  # epochs 0, 1, 2
+        assert len(result["losses"]) == 4  # 2 epochs of 8 questions in batches of 4
+        assert result["heldout_loss"] > 0 and 0 <= result["accuracy"] <= 100
+        mechanism = result["mechanism"]
+        assert 1 <= mechanism["spectra"]["effective_rank_mean"] <= 4
+        assert [p["fraction"] for p in mechanism["pruning"]["curve"]] == [0.25, 0.5]
+    assert len((out / "runs" / "lora" / "seed0" / "eval" / "predictions.jsonl").read_text().splitlines()) == 4
+    assert set(json.loads((out / "runs" / "lora" / "cross_seed.json").read_text())["phi"]) == {"k=1", "k=2", "k=4"}
+    # the recorded loss is the saved adapter's answer loss on the first n_loss held-out questions
+    tokenizer = AutoTokenizer.from_pretrained(demo_dir / "model")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_dir / "model", dtype=torch.float32),
+                                      out / "adapters" / "droplora-p0.3" / "seed1")
+    heldout = json.loads((out / "task" / "heldout" / "gsm8k" / "test.json").read_text())
+    again = answer_nll(model, tokenizer, *heldout_pairs(heldout, 12))
+    assert sum(again) / len(again) == pytest.approx(results["droplora-p0.3", 1]["heldout_loss"], rel=1e-4)
+    assert "## Held-out answer loss per epoch" in report and "droplora-p0.3 − lora" in report
+    assert (out / ".gitignore").read_text().startswith("task/\nadapters/")
+
+    finished = {f: f.stat().st_mtime_ns for f in files}
+    assert run_study(demo_dir / "model", out, config) == report  # nothing to train: the same report
+    assert {f: f.stat().st_mtime_ns for f in files} == finished
+    redo = out / "runs" / "lora" / "seed1" / "result.json"
+    redo.unlink()
+    run_study(demo_dir / "model", out, config)
+    assert redo.is_file()  # only the missing run is trained again
+    assert {f: f.stat().st_mtime_ns for f in files if f != redo} == {f: t for f, t in finished.items() if f != redo}
+
+
+def test_galore_arm_is_refused_before_any_work_without_its_package(tmp_path, demo_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "galore_torch", None)  # as if not installed
+    config = StudyConfig(steps=1, batch_size=2, r=4, learning_rate=1e-3, n_train=4, n_heldout=4, seeds=(0,),
+                         bf16=False, n_loss=4, arms=("lora", "galore"))
+    with pytest.raises(ValueError, match="galore arm needs the galore-torch package, not installed: pip install galore-torch"):
+        run_study(demo_dir / "model", tmp_path / "s", config)
+    assert not (tmp_path / "s").exists()
+    assert "galore" in CONFIGS["under-cpu"].arms
+
+
+def test_galore_arm_trains_with_transformers_galore_optimizer(tmp_path, demo_dir):
+    config = StudyConfig(steps=3, batch_size=4, r=4, learning_rate=1e-3, n_train=8, n_heldout=8, seeds=(0,),
+                         bf16=False, max_new_tokens=4, eval_batch_size=8, n_accuracy=2, n_loss=8, arms=("lora", "galore"))
+    report = run_study(demo_dir / "model", tmp_path / "s", config)
+    result = json.loads((tmp_path / "s" / "runs" / "galore" / "seed0" / "result.json").read_text())
+    assert result["optimizer"] == "galore_torch.adamw.AdamW" and len(result["losses"]) == 3 and result["heldout_loss"] > 0
+    assert "galore − lora: " in report
+
+
+def test_regime_report_says_when_lora_did_not_overfit_and_the_regularisation_claim_is_untested(tmp_path):
+    _write_fake_over_study(tmp_path)
+    for seed, curve in zip((0, 1, 2), ([2.0, 1.0, 0.9], [2.0, 1.1, 1.0], [2.0, 0.9, 0.85])):  # still falling
+        path = tmp_path / "runs" / "lora" / f"seed{seed}" / "result.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "loss_curve": curve, "heldout_loss": curve[-1]}))
+    report = regenerate_report(tmp_path)
+    assert "**Overfitting check: not shown.** LoRA's mean held-out loss is lowest after the last epoch" in report
+    assert "Raise `epochs` or `learning_rate`, or lower `n_train`" in report
+    assert ("**Regularisation: DropLoRA overfits less (smaller rise of the held-out loss):** untested here, as the "
+            "overfitting check above is not shown") in report

@@ -1,0 +1,76 @@
+"""Paired statistics for the replication study: an arm against LoRA, seed by seed.
+
+A seed fixes the data order and (for randomly initialised A) the init, and that moves every arm
+alike, so the noise that matters is that of the per-seed differences d_i = arm_i − LoRA_i:
+
+- 95% confidence interval of the mean difference: d̄ ± t_{0.975, n−1} · s_d / √n (Student t
+  over the n seeds; s_d the sample standard deviation of the d_i).
+- Minimum detectable difference (MDD) for those seeds: the smallest true mean difference that a
+  two-sided paired t-test at α = 0.05 would detect with 80% power, by the usual approximation
+  MDD = (t_{1−α/2, n−1} + t_{power, n−1}) · s_d / √n (e.g. Zar, Biostatistical Analysis, §9.5),
+  with the observed s_d standing in for the true one. A difference below it is one this study
+  could have missed; it is not evidence of no effect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+
+CONFIDENCE = 0.95
+POWER = 0.8
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedDifference:
+    """mean of other − reference over n paired seeds, its 95% interval and the MDD (None below 2 seeds)."""
+
+    n: int
+    mean: float
+    sd: float | None
+    low: float | None
+    high: float | None
+    mdd: float | None
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low is not None and (self.low > 0 or self.high < 0)
+
+
+def t_quantile(q: float, dof: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(q, dof))
+
+
+def paired_difference(reference: list[float], other: list[float], confidence: float = CONFIDENCE,
+                      power: float = POWER) -> PairedDifference:
+    """Per-seed differences other − reference, with the t-interval and the MDD (see the module doc)."""
+    differences = [b - a for a, b in zip(reference, other, strict=True)]
+    n = len(differences)
+    if n == 0:
+        raise ValueError("paired_difference needs at least one seed")
+    mean = statistics.fmean(differences)
+    if n < 2:
+        return PairedDifference(n, mean, None, None, None, None)
+    sd = statistics.stdev(differences)
+    se = sd / n ** 0.5
+    t_interval = t_quantile(1 - (1 - confidence) / 2, n - 1)
+    half = t_interval * se
+    mdd = (t_interval + t_quantile(power, n - 1)) * se
+    return PairedDifference(n, mean, sd, mean - half, mean + half, mdd)
+
+
+def describe(label: str, reference: str, d: PairedDifference, unit: str, lower_is_better: bool,
+             digits: int = 3) -> str:
+    """One sentence: label − reference with its interval, which way it points, and the MDD."""
+    fmt = f"{{:+.{digits}f}}"
+    if d.n < 2:
+        return f"{label} − {reference}: {fmt.format(d.mean)} {unit} (one seed: no interval)"
+    better = (d.mean < 0) == lower_is_better
+    if d.excludes_zero:
+        call = f"{'better' if better else 'worse'} than {reference} (the interval excludes 0)"
+    else:
+        call = f"no difference from {reference} shown (the interval includes 0)"
+    return (f"{label} − {reference}: {fmt.format(d.mean)} {unit}, 95% CI [{fmt.format(d.low)}, {fmt.format(d.high)}]: "
+            f"{call}; smallest difference these {d.n} seeds detect (80% power): {d.mdd:.{digits}f} {unit}")
