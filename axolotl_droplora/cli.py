@@ -52,6 +52,11 @@ def check_adapter_command(adapter_dir: Path, base: Path | None):
     modules = sorted({n.split(".lora_A")[0].rsplit(".", 1)[-1] for n in names if ".lora_A." in n})
     click.echo(f"{adapter_dir}: plain PEFT LoRA, r={config['r']}, lora_alpha={config['lora_alpha']}, "
                f"{sum('.lora_A.' in n for n in names)} LoRA layers on {', '.join(modules)}")
+    from .model_card import read_summary, serving_facts, summary_lines, vllm_lines
+
+    summary = read_summary(adapter_dir)  # what the README.md of a run with the plugin says
+    for line in (summary_lines(summary) if summary else []) + vllm_lines(serving_facts(config)):
+        click.echo(line)
     if base is not None:
         import torch
         from peft import PeftModel
@@ -63,6 +68,26 @@ def check_adapter_command(adapter_dir: Path, base: Path | None):
         if not torch.isfinite(logits).all():
             raise click.ClickException(f"{adapter_dir} on {base} gives non-finite logits")
         click.echo(f"loads with PEFT on {base}; logits finite")
+
+
+@droplora.command("explain")
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def explain_command(recipe: Path, as_json: bool):
+    """Validate RECIPE offline and say what it will train, and where it departs from the papers."""
+    import json
+
+    from .explain import RecipeError, explain, render
+
+    try:
+        report = explain(recipe)
+    except RecipeError as err:
+        if as_json:
+            click.echo(json.dumps({"recipe": str(recipe), "valid": False, "errors": [
+                {"key": key, "message": message} for key, message in err.problems]}, indent=2))
+        lines = [f"{key}: {message}" if key else message for key, message in err.problems]
+        raise click.ClickException(f"{recipe} is not a valid recipe:\n  " + "\n  ".join(lines)) from None
+    click.echo(json.dumps(report, indent=2, default=str) if as_json else render(report))
 
 
 @droplora.command("eval")
@@ -78,7 +103,11 @@ def check_adapter_command(adapter_dir: Path, base: Path | None):
 @click.option("--limit", type=int, help="Only the first N records of each set.")
 @click.option("--vllm", "use_vllm", is_flag=True, help="Generate with vLLM (must be installed).")
 @click.option("--execute", is_flag=True, help="Run generated code (subprocess, 10 s timeout) for pass@1.")
-def eval_command(model, adapter, task, data_dir, sets, out_dir, batch_size, max_new_tokens, limit, use_vllm, execute):
+@click.option("--scoring", type=click.Choice(["paper", "corrected"]), default="paper", show_default=True,
+              help="paper: the papers' evaluation code, quirks included; corrected: its plain bugs fixed "
+                   "(README lists each difference). Rescoring a finished run generates nothing.")
+def eval_command(model, adapter, task, data_dir, sets, out_dir, batch_size, max_new_tokens, limit, use_vllm, execute,
+                 scoring):
     """Generate and score MODEL on a paper task; writes OUT/results.json (resumable)."""
     from .evaluate import TASK_SETS, EvalDataError, Generator, evaluate, run_signature
 
@@ -93,13 +122,16 @@ def eval_command(model, adapter, task, data_dir, sets, out_dir, batch_size, max_
             load_set(Path(data_dir), name)
         run_info = run_signature(model, adapter, max_new_tokens)
         results = evaluate(Generator(model, adapter, use_vllm, max_new_tokens), data_dir, chosen, out_dir,
-                           batch_size=batch_size, limit=limit, execute=execute, run_info=run_info)
+                           batch_size=batch_size, limit=limit, execute=execute, run_info=run_info, scoring=scoring)
     except EvalDataError as err:
         raise click.ClickException(str(err)) from None
     for name, numbers in results["sets"].items():
         click.echo(f"{name}: " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items()))
     if "average" in results:
         click.echo(f"average: {results['average']:.2f}")
+    errors = sum("error" in e for e in results["examples"])
+    click.echo(f"scoring: {scoring}" + (f"; {errors} example(s) scored wrong with an error (see results.json)"
+                                        if errors else ""))
 
 
 @droplora.command("compare")
@@ -157,26 +189,39 @@ def smollm2_command(out_dir: Path | None):
 @droplora.command("study")
 @click.option("--base-model", type=click.Path(exists=True, file_okay=False),
               help="The model every arm fine-tunes (default: SmolLM2-135M-Instruct, converted once).")
-@click.option("--config", "config_name", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
-              help="cpu: about 28 min on 2 cores; gpu: sized for one H100.")
-@click.option("--arms", help="Comma-separated subset of the arms (default: all).")
+@click.option("--config", "config_name", default="cpu", show_default=True,
+              type=click.Choice(["cpu", "gpu", "under-cpu", "over-cpu", "under-gpu", "over-gpu"]),
+              help="cpu: about 28 min on 2 cores; gpu: sized for one H100; under-*/over-*: the under-trained and "
+                   "overfitting regimes with the held-out answer loss (README, Replication study).")
+@click.option("--arms", help="Comma-separated subset of the arms (default: the config's).")
 @click.option("--steps", type=int, help="Override the config's training steps per run.")
+@click.option("--epochs", type=int, help="Override the config's epochs per run (the over-* configs).")
 @click.option("--seeds", type=int, help="Override the config's number of seeds (0..N-1).")
+@click.option("--report-only", is_flag=True,
+              help="Only rewrite OUT/report.md and the figures from OUT/study.json and OUT/runs (no model needed).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-def study_command(base_model, config_name, arms, steps, seeds, out_dir):
-    """LoRA vs DropLoRA (p, mask modes) vs DoRA/PiSSA/MiLoRA over seeds: OUT/report.md, OUT/study.png.
+def study_command(base_model, config_name, arms, steps, epochs, seeds, report_only, out_dir):
+    """LoRA vs DropLoRA (p, mask modes, r) vs DoRA/PiSSA/MiLoRA/GaLore over seeds: OUT/report.md and figures.
 
     Resumable: finished (arm, seed) runs are kept, the rest are trained."""
     import dataclasses
 
-    from .study import ARMS, CONFIGS, run_study
+    from .study import CONFIGS, regenerate_report, run_study
 
+    if report_only:
+        try:
+            click.echo(regenerate_report(out_dir, arms.split(",") if arms else None))
+        except ValueError as err:
+            raise click.ClickException(str(err)) from None
+        return
     config = CONFIGS[config_name]
     if steps is not None:
         config = dataclasses.replace(config, steps=steps)
+    if epochs is not None:
+        config = dataclasses.replace(config, epochs=epochs)
     if seeds is not None:
         config = dataclasses.replace(config, seeds=tuple(range(seeds)))
-    chosen = arms.split(",") if arms else list(ARMS)
+    chosen = arms.split(",") if arms else config.default_arms
     try:
         if base_model is None:
             from .smollm2 import DEFAULT_DIR, convert_smollm2
@@ -185,3 +230,32 @@ def study_command(base_model, config_name, arms, steps, seeds, out_dir):
         click.echo(run_study(base_model, out_dir, config, chosen))
     except (ValueError, FileNotFoundError) as err:  # EvalDataError is a ValueError
         raise click.ClickException(str(err)) from None
+
+
+@droplora.command("mechanism")
+@click.argument("base_model")
+@click.argument("adapter_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--questions", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSON list or JSONL of records with 'instruction' and 'output', e.g. a study's "
+                   "task/data/heldout.jsonl.")
+@click.option("--prompt", default="Question: {instruction}\nAnswer:", show_default=True,
+              help="The training prompt; {instruction} is replaced, the answer follows it after a space.")
+@click.option("--limit", type=int, default=200, show_default=True, help="Score the first N questions.")
+@click.option("--fractions", default="0.1,0.2,0.3,0.4,0.5", show_default=True,
+              help="Shares of each layer's rank channels removed at inference.")
+@click.option("--draws", type=int, default=3, show_default=True, help="Random channel sets per share.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+def mechanism_command(base_model, adapter_dirs, questions, prompt, limit, fractions, draws, out_dir):
+    """ΔW spectra and effective rank, loss with rank channels removed, and similarity across ADAPTER_DIRS."""
+    from .mechanism import analyze_adapters
+
+    try:
+        shares = tuple(float(f) for f in fractions.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{fractions!r}: give comma-separated numbers, e.g. 0.1,0.3,0.5",
+                                 param_hint="--fractions") from None
+    try:
+        analyze_adapters(base_model, list(adapter_dirs), questions, out_dir, prompt, shares, draws, limit)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo((Path(out_dir) / "mechanism.md").read_text())
