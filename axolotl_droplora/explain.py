@@ -5,7 +5,7 @@ The recipe is validated with Axolotl's own schema, merged with the keys of the p
 that schema, since Axolotl ignores keys it does not know. Nothing is downloaded: a base model that
 is not a local folder is reported. Then it says what the run trains (adapter, variant, rank
 dropout and SVD init with defaults filled in, how saves are written and served), and, where it is
-close to a cell of the paper recipes (examples/recipes.py), which hyperparameters depart from the
+close to a cell of the paper recipes (paper_recipes.py), which hyperparameters depart from the
 paper's.
 """
 
@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import copy
 import difflib
-import importlib.util
 from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
+from . import paper_recipes as table
 from .model_card import Method, ServingFacts, serving_facts, vllm_lines
 
-RECIPES_TABLE = Path(__file__).resolve().parents[1] / "examples" / "recipes.py"
 # not hyperparameters: where things go, how they are logged and saved, how the work is spread
 NOT_HYPERPARAMETERS = {
     "output_dir", "dataset_prepared_path", "datasets", "deepspeed", "fsdp", "fsdp_config", "plugins",
@@ -175,21 +174,8 @@ def _warnings(cfg, method: Method | None) -> list[str]:
     return warnings
 
 
-def _load_table():
-    if not RECIPES_TABLE.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location("axolotl_droplora_paper_recipes", RECIPES_TABLE)
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
-    return table
-
-
 def paper_cell(raw: dict, cfg) -> dict | None:
     """The nearest paper cell and every hyperparameter of the recipe that departs from it."""
-    table = _load_table()
-    if table is None:
-        return {"name": None, "note": f"paper cells not available: {RECIPES_TABLE} is not here "
-                                      f"(it ships with a checkout of axolotl-droplora, not with the wheel)"}
     cells = {(task, model, method): table.recipe(task, model, method)
              for task in table.TASKS for model in table.MODELS for method in table.METHODS}
     # pick the cell on the raw keys (cheap), then compare the validated configs (defaults filled)
@@ -294,9 +280,7 @@ def render(report: dict) -> str:
         lines += [f"serving: {line}" for line in vllm_lines(ServingFacts(
             facts["rank"], facts["vllm_max_lora_rank"], facts["vllm_refusals"]))]
     cell = report["paper_cell"]
-    if cell and cell["name"] is None:
-        lines.append(cell["note"])
-    elif cell and not cell["close"]:
+    if cell and not cell["close"]:
         lines.append(f"paper cell: none close (the nearest, {cell['name']}, differs in "
                      f"{len(cell['departures'])} hyperparameters)")
     elif cell:
