@@ -30,6 +30,13 @@ def asks_for_rank_dropout(config) -> bool:
     return adapter == ADAPTER or (adapter == QLORA and any(config.get(key) is not None for key in RANK_DROPOUT_KEYS))
 
 
+def svd_init(config) -> str | None:
+    """The SVD init a recipe asks for (`milora`, `pissa`, `pissa_niter_N`), whose saves the
+    plugin converts; None for any other `peft_init_lora_weights`."""
+    init = config.get("peft_init_lora_weights")
+    return init if isinstance(init, str) and (init == MILORA or init.startswith("pissa")) else None
+
+
 class DropLoRAArgs(BaseModel):
     """Keys for the DropLoRA plugin (`plugins: [axolotl_droplora.DropLoRAPlugin]`)."""
 
@@ -85,7 +92,7 @@ class DropLoRAArgs(BaseModel):
         if not isinstance(data, dict):
             return data
         _check_own_key_names(data)
-        _check_svd_init_value(data.get("peft_init_lora_weights"))
+        _check_svd_init_value(data)
         adapter = data.get("adapter")
         own_keys = sorted(key for key in data if key.startswith("droplora_") and data[key] is not None)
         if own_keys and adapter not in (ADAPTER, QLORA):
@@ -94,10 +101,10 @@ class DropLoRAArgs(BaseModel):
                 f"{'it' if len(own_keys) == 1 else 'them'}: set `adapter: {ADAPTER}` (or `adapter: "
                 f"{QLORA}` on a 4-bit base) to train with rank dropout, or remove {', '.join(own_keys)}"
             )
-        init = str(data.get("peft_init_lora_weights"))
+        init = svd_init(data)
         if init == MILORA:
             _check_milora(data)
-        if init == MILORA or init.startswith("pissa"):
+        if init:
             _check_converted_saves(data)
         elif data.get("svd_init_save_base") is not None:
             raise ValueError(
@@ -150,11 +157,12 @@ def _check_own_key_names(data: dict) -> None:
                          f"otherwise be ignored and train with the default)")
 
 
-def _check_svd_init_value(init) -> None:
+def _check_svd_init_value(data: dict) -> None:
     """`milora` is this plugin's value, `pissa`/`pissa_niter_N` PEFT's, which the plugin converts
     at save time: a near miss (`MiLoRA`, `PiSSA`, `milroa`) would otherwise fail late, at model
     load, or not at all."""
-    if not isinstance(init, str) or init == MILORA or init.startswith("pissa"):
+    init = data.get("peft_init_lora_weights")
+    if not isinstance(init, str) or svd_init(data):
         return
     folded = init.lower().replace("-", "").replace("_", "")
     if folded.startswith("pissa"):

@@ -57,10 +57,9 @@ class Method:
     @classmethod
     def from_recipe(cls, cfg) -> Method | None:
         """The method an Axolotl recipe (dict or DictDefault) asks for; None for a plain recipe."""
-        from .args import DEFAULT_RANK_DROPOUT, MILORA, asks_for_rank_dropout  # pydantic: not for TRL users
+        from .args import DEFAULT_RANK_DROPOUT, asks_for_rank_dropout, svd_init  # pydantic: not for TRL users
 
-        init = cfg.get("peft_init_lora_weights")
-        init = init if isinstance(init, str) and (init == MILORA or init.startswith("pissa")) else None
+        init = svd_init(cfg)
         rank_dropout = asks_for_rank_dropout(cfg)
         if not rank_dropout and not init:
             return None
