@@ -446,7 +446,7 @@ def run_checks(checks: list[Check], out: str | Path, *, dry_run: bool, budget: f
             echo(f"\n[{check.name}] (timeout {check.timeout} s{', needs ' + ', '.join(check.needs) if check.needs else ''})"
                  f"\n  {check.what}")
             for line in result.commands:
-                echo("  $ " + (line if len(line) < 400 else line[:400] + " …"))
+                echo("  $ " + line)  # whole: the dry run's list is what to paste on a GPU machine
         elif time.perf_counter() - start > budget - 60:
             result.status = f"not run (time budget of {budget:.0f} s spent)"
             _write_summary(out, summary)
