@@ -6,7 +6,7 @@ Every arm is compared with its reference arm (study.reference_arm: LoRA, or the 
 without rank dropout), paired by seed, on the held-out answer loss (primary) and on greedy
 accuracy, with 95% t-intervals and minimum detectable differences (study_stats.py). Then, as the
 runs allow: the per-epoch loss curves and the overfitting check, the r × p grid, the mechanism
-analyses, and the paper's claims one by one, each with what was found or "not run yet".
+analyses, and the paper's claims one by one, each with what was found or "not run in this report".
 """
 
 from __future__ import annotations
@@ -131,10 +131,10 @@ def write_regime_report(out_dir: Path, arms: list[str], cfg, base_model: str) ->
 
 
 def _short(d, unit: str, digits: int) -> str:
+    value = f"{d.mean:+.{digits}f}" + (f" {unit}" if unit else "")
     if d.n < 2:
-        return f"{d.mean:+.{digits}f} {unit} (one seed)"
-    return (f"{d.mean:+.{digits}f} {unit} [{d.low:+.{digits}f}, {d.high:+.{digits}f}], smallest detectable "
-            f"{d.mdd:.{digits}f}")
+        return f"{value} (one seed)"
+    return f"{value} [{d.low:+.{digits}f}, {d.high:+.{digits}f}], smallest detectable {d.mdd:.{digits}f}"
 
 
 def _curves_section(runs, arms, cfg, out_dir: Path) -> list[str]:
@@ -224,7 +224,7 @@ def _mechanism_section(arms: list[str], runs: dict, cfg, out_dir: Path) -> list[
         summaries = [r["mechanism"]["spectra"] for r in runs[arm]]
         cross = out_dir / "runs" / arm / "cross_seed.json"
         phi = " / ".join(f"{v:.3f}" for v in json.loads(cross.read_text())["phi"].values()) if cross.is_file() \
-            else "not run yet"
+            else "not run"
         increases = [_removal_increase(r) for r in runs[arm]]
         pruning[arm] = [statistics.fmean(v) for v in zip(*increases)]
         spectra[arm] = [statistics.fmean(v) for v in zip(*(s["normalised_spectrum"] for s in summaries))]
@@ -235,6 +235,19 @@ def _mechanism_section(arms: list[str], runs: dict, cfg, out_dir: Path) -> list[
               "pair gives about k/d). Loss rise: held-out answer loss with that share of every layer's rank channels "
               f"zeroed at random ({cfg.prune_draws} draws, {cfg.n_prune} questions, no rescaling) minus the full "
               "adapter's; mean over seeds.", ""]
+    paired = [a for a in arms if "rank_dropout" in ARMS[a] and reference_arm(a) in arms]
+    for a in paired:
+        ranks = {arm: [r["mechanism"]["spectra"]["effective_rank_mean"] for r in runs[arm]] for arm in (a, reference_arm(a))}
+        d = paired_difference(ranks[reference_arm(a)], ranks[a])
+        lines.append(f"- effective rank, {a} − {reference_arm(a)}: {_short(d, '', 2)} "
+                     f"(paired by seed; r = {runs[a][0]['mechanism']['spectra']['r']}).")
+    if paired:
+        lines.append("")
+    if all(v < 0 for v in pruning.values() for v in v):
+        lines += ["Removing rank channels *lowered* the held-out loss of every arm: these adapters are past their "
+                  "best held-out fit, so any shrinking of ΔW towards the base helps, and the channel-removal test "
+                  "measures that shrinkage as much as robustness to losing channels (the implicit-ensemble reading "
+                  "needs adapters at or before their best fit).", ""]
     line_panels(out_dir / "spectra.png", [{"title": "singular values of ΔW / σ₁, mean over layers and seeds",
                                            "xlabel": "index", "ylabel": "σᵢ / σ₁",
                                            "series": {a: (list(range(1, len(s) + 1)), s, None) for a, s in spectra.items()}}])
@@ -253,7 +266,7 @@ def _claims_section(arms, runs, loss, accuracy, differences, cfg, mechanism_arms
     def compared(wanted: list[str]) -> list[str]:
         return [arm for arm in wanted if arm in differences]
 
-    not_run = "not run yet in this report"
+    not_run = "not run in this report"
     lines = ["## The paper's claims, one by one", ""]
     plain = compared([a for a in arms if _grid_cell(a, cfg) == (cfg.r, ARMS[a].get("rank_dropout")) and "rank_dropout" in ARMS[a]])
     lines.append("- **DropLoRA beats LoRA (Tables 1–4):** " + ("; ".join(found(a) for a in plain) if plain else not_run)
@@ -309,13 +322,18 @@ def _claims_section(arms, runs, loss, accuracy, differences, cfg, mechanism_arms
             d = paired_difference([_removal_increase(r)[-1] for r in runs[reference_arm(a)]],
                                   [_removal_increase(r)[-1] for r in runs[a]])
             parts.append(f"{a} − {reference_arm(a)}, loss rise with the largest share removed: {_short(d, LOSS, 4)}")
-        lines.append("- **Implicit ensemble (degrades less when rank channels are removed):** " + "; ".join(parts) + ".")
+        shrinkage = all(v < 0 for a in mechanism_arms for r in runs[a] for v in _removal_increase(r))
+        lines.append("- **Implicit ensemble (degrades less when rank channels are removed):** " + "; ".join(parts) + "."
+                     + (" Untestable here as posed: removal lowered every adapter's loss (see the mechanism section)."
+                        if shrinkage else ""))
     else:
         lines.append(f"- **Implicit ensemble:** {not_run}.")
     galore = [a for a in arms if "galore" in ARMS[a]]
     lines.append("- **GaLore (dynamic subspace without rank masks):** "
                  + ("; ".join(found(a) for a in compared(galore)) if galore else
-                    "not run in this report (the under-* configs have a galore arm; it needs galore-torch)") + ".")
+                    "not run in this report (under-gpu has a galore arm; it needs galore-torch)") + ".")
+    if cfg.left_out:
+        lines += ["", f"**Left out of this config:** {cfg.left_out}"]
     lines += ["", "**What this cannot say.** A 135M-parameter model on synthetic arithmetic, trained for minutes on a "
               "CPU, is not the paper's 7B models on commonsense, math and code benchmarks: an effect absent here may "
               "appear at scale, and one found here need not transfer. Differences smaller than the smallest detectable "

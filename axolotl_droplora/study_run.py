@@ -83,7 +83,7 @@ def train_and_score(base, tokenizer, train_data, heldout, arm: str, seed: int, c
         args=SFTConfig(
             output_dir=str(run_dir / "trainer"), seed=seed, **length,
             per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-            lr_scheduler_type="linear", warmup_steps=max(1, cfg.total_steps // 10), logging_steps=1,
+            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=max(1, cfg.total_steps // 10), logging_steps=1,
             save_strategy="no", report_to=[], bf16=cfg.bf16, disable_tqdm=True, **extra,
         ),
         train_dataset=train_data,

@@ -146,6 +146,26 @@ def test_committed_cpu_report_is_what_its_committed_runs_give(tmp_path):
     assert "Machine: AMD EPYC, 2 threads; 27.0 min" in report
 
 
+@pytest.mark.parametrize("config", ["under-cpu", "over-cpu"])
+def test_committed_regime_reports_are_what_their_committed_runs_give(tmp_path, config):
+    """README quotes reports/study-<config>/report.md: `study --report-only` must rewrite it, word
+    for word, from the committed study.json and per-run results alone (no model, no adapters)."""
+    committed = Path(__file__).parents[1] / "reports" / f"study-{config}"
+    assert config_from_settings(json.loads((committed / "study.json").read_text())) == CONFIGS[config]
+    shutil.copy(committed / "study.json", tmp_path / "study.json")
+    for result in committed.glob("runs/**/*.json"):
+        target = tmp_path / result.relative_to(committed)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(result, target)
+    ran = run_cli([sys.executable, "-m", "axolotl_droplora", "study", "--report-only", "--out", str(tmp_path)],
+                  cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert (tmp_path / "report.md").read_text() == (committed / "report.md").read_text()
+    for figure in ("curves.png", "spectra.png", "pruning.png") if config == "over-cpu" else ():
+        with Image.open(tmp_path / figure) as image:
+            assert image.format == "PNG"
+
+
 # ---- the regime study: paired statistics, configs, the regime report, a tiny end-to-end run ----
 
 # Student t quantiles from a printed table (two-sided 95%: 0.975; one-sided 80%: 0.80)
@@ -250,10 +270,13 @@ def test_regime_report_states_intervals_overfitting_grid_mechanism_and_every_cla
     assert "changes by +0.2000 nats/token [+0.0758, +0.3242]" in report
     assert "| 4 | 1.3333 | 1.4000 (+0.0667 [" in report and "| 16 | 1.2000 | 1.0167 (-0.1833 [" in report
     assert "| lora | 16 | 3.00 | 0.500 / 0.250 / 0.200 | +0.2000 | +0.4000 |" in report
-    assert "| droplora-p0.3 | 16 | 3.50 | not run yet | +0.0667 | +0.1333 |" in report
-    for claim in ("DropLoRA beats LoRA (Tables 1–4):** droplora-p0.3 − lora", "**p = 0.3 is best:** not run yet",
-                  "**r trend", "r = 4: droplora-p0.3-r4 − lora-r4", "**A loss at p ≥ 0.5 on math:** not run yet",
-                  "**No inference cost:**", "**Rank dropout on SVD inits (PiSSA, MiLoRA; the paper's open question):** not run yet",
+    assert "| droplora-p0.3 | 16 | 3.50 | not run | +0.0667 | +0.1333 |" in report
+    assert "- effective rank, droplora-p0.3 − lora: +0.50 [+0.50, +0.50], smallest detectable 0.00 (paired by seed; r = 16)." \
+        in report  # 3.5 − 3.0, 3.6 − 3.1, 3.4 − 2.9
+    assert "Removing rank channels *lowered*" not in report and "Untestable here as posed" not in report
+    for claim in ("DropLoRA beats LoRA (Tables 1–4):** droplora-p0.3 − lora", "**p = 0.3 is best:** not run in this report",
+                  "**r trend", "r = 4: droplora-p0.3-r4 − lora-r4", "**A loss at p ≥ 0.5 on math:** not run in this report",
+                  "**No inference cost:**", "**Rank dropout on SVD inits (PiSSA, MiLoRA; the paper's open question):** not run in this report",
                   "**Regularisation: DropLoRA overfits less (smaller rise of the held-out loss):** droplora-p0.3 − lora rise",
                   "**Implicit ensemble (degrades less when rank channels are removed):** droplora-p0.3 − lora",
                   "**GaLore", "**What this cannot say.**"):
@@ -262,6 +285,22 @@ def test_regime_report_states_intervals_overfitting_grid_mechanism_and_every_cla
         assert f"]({figure})" in report
         with Image.open(tmp_path / figure) as image:
             assert image.format == "PNG" and image.size[0] >= 600
+
+
+def test_regime_report_says_channel_removal_measures_shrinkage_when_it_lowers_the_loss(tmp_path):
+    _write_fake_over_study(tmp_path)
+    for result_file in tmp_path.glob("runs/*/seed*/result.json"):  # an overfit adapter: any removal helps
+        result = json.loads(result_file.read_text())
+        if "mechanism" in result:
+            pruning = result["mechanism"]["pruning"]
+            for point in pruning["curve"]:
+                point["losses"] = [pruning["full"] - 0.05 * point["fraction"]] * 2
+            result_file.write_text(json.dumps(result))
+    report = regenerate_report(tmp_path)
+    assert "| lora | 16 | 3.00 | 0.500 / 0.250 / 0.200 | -0.0125 | -0.0250 |" in report
+    assert "Removing rank channels *lowered* the held-out loss of every arm" in report
+    assert ("**Implicit ensemble (degrades less when rank channels are removed):** droplora-p0.3 − lora" in report
+            and "Untestable here as posed: removal lowered every adapter's loss" in report)
 
 
 def test_report_only_command_regenerates_without_a_model_and_names_missing_runs(tmp_path):
@@ -328,7 +367,7 @@ def test_galore_arm_is_refused_before_any_work_without_its_package(tmp_path, dem
     with pytest.raises(ValueError, match="galore arm needs the galore-torch package, not installed: pip install galore-torch"):
         run_study(demo_dir / "model", tmp_path / "s", config)
     assert not (tmp_path / "s").exists()
-    assert "galore" in CONFIGS["under-cpu"].arms
+    assert "galore" in CONFIGS["under-gpu"].arms
 
 
 def test_galore_arm_trains_with_transformers_galore_optimizer(tmp_path, demo_dir):
