@@ -139,11 +139,13 @@ def channels_removed(model, fraction: float, generator: torch.Generator, adapter
 
 def pruning_curve(model, tokenizer, prompts: list[str], answers: list[str],
                   fractions: tuple[float, ...] = DEFAULT_FRACTIONS, draws: int = 3, seed: int = 0,
-                  batch_size: int = 32) -> dict:
-    """Held-out answer loss of the full adapter and, per fraction, of each draw with channels removed."""
+                  batch_size: int = 32, full: float | None = None) -> dict:
+    """Held-out answer loss of the full adapter (`full`, scored unless given) and, per fraction,
+    of each draw with channels removed."""
     from .answer_loss import answer_nll
 
-    full = statistics.fmean(answer_nll(model, tokenizer, prompts, answers, batch_size))
+    if full is None:
+        full = statistics.fmean(answer_nll(model, tokenizer, prompts, answers, batch_size))
     generator = torch.Generator().manual_seed(seed)
     curve = []
     for fraction in fractions:

@@ -126,6 +126,9 @@ class StudyConfig:
                              f"exceed n_heldout ({self.n_heldout}); raise n_heldout")
         if self.epochs and not self.n_loss:
             raise ValueError("StudyConfig: epochs is set but n_loss is 0: the per-epoch curve needs n_loss > 0")
+        if self.n_curve > self.n_loss:
+            raise ValueError(f"StudyConfig: n_curve ({self.n_curve}) must not exceed n_loss ({self.n_loss}): the "
+                             f"curve's last epoch is the final scoring's first n_curve questions")
 
     @property
     def default_arms(self) -> list[str]:
@@ -167,7 +170,8 @@ CONFIGS = {
     # The regime configs below fit the issue's 90 minutes in total on 2 CPU cores (SmolLM2-135M,
     # 2-core AMD EPYC, measured): a run costs 2.5-3 s per training step plus a fixed ~140 s of
     # scoring (the answer loss of 1000 questions, greedy answers to 300), and in the overfitting
-    # regime another ~80 s for the per-epoch curve and ~50 s for the mechanism analyses. That holds
+    # regime another ~80 s for the per-epoch curve and ~50 s for the mechanism analyses (since those
+    # runs, epoch 0, the last epoch and the unchanged adapter's loss reuse other scorings: ~30 s less). That holds
     # 3 seeds of 7 arms: the two regimes' LoRA vs DropLoRA p = 0.3, p = 0.5 and the MiLoRA question
     # where they are cheapest (under-trained). The other arms (p = 0.1, the r × p grid, PiSSA ±
     # DropLoRA, GaLore) are in the GPU configs; any of them runs on CPU with --arms.
@@ -202,8 +206,10 @@ CONFIGS["under-gpu"] = dataclasses.replace(CONFIGS["under-cpu"], steps=150, batc
                                            n_heldout=2000, n_accuracy=1000, n_loss=2000, bf16=True, seeds=(0, 1, 2, 3, 4),
                                            eval_batch_size=250, arms=UNDER_ARMS, mechanism_arms=("lora", "droplora-p0.3"),
                                            n_prune=500, prune_draws=3, prune_fractions=DEFAULT_FRACTIONS, left_out="")
-CONFIGS["over-gpu"] = dataclasses.replace(CONFIGS["over-cpu"], n_train=128, batch_size=16, n_heldout=2000,
-                                          n_accuracy=1000, n_loss=2000, n_curve=1000, seeds=(0, 1, 2, 3, 4),
+# Overfitting: seeds, not questions (reports/study-over-cpu: a seed sd of 0.02-0.04 against a question
+# standard error of 0.004 at 1000 questions; 13 seeds would detect half of LoRA's rise there)
+CONFIGS["over-gpu"] = dataclasses.replace(CONFIGS["over-cpu"], n_train=128, batch_size=16, n_heldout=1000,
+                                          n_accuracy=1000, n_loss=1000, n_curve=500, seeds=tuple(range(13)),
                                           bf16=True, eval_batch_size=250, arms=OVER_ARMS,
                                           mechanism_arms=("lora", "droplora-p0.3", "lora-r64", "droplora-p0.3-r64"),
                                           n_prune=500, prune_draws=3, prune_fractions=DEFAULT_FRACTIONS, left_out="")
@@ -224,7 +230,7 @@ def run_study(base_model: str | Path, out_dir: str | Path, config: str | StudyCo
         if missing:
             raise ValueError(f"arm(s) {', '.join(missing)} must be run too: the report compares "
                              f"{', '.join(a for a in arms if reference_arm(a) in missing)} with them")
-    from .study_run import cross_seed, load, require_galore, train_and_score
+    from .study_run import cross_seed, load, loss_before_training, require_galore, starts_at_base, train_and_score
 
     if any("galore" in ARMS[arm] for arm in arms):
         require_galore()
@@ -239,8 +245,10 @@ def run_study(base_model: str | Path, out_dir: str | Path, config: str | StudyCo
     todo = [(arm, seed) for arm in arms for seed in cfg.seeds if not _result_file(out_dir, arm, seed).is_file()]
     if todo:
         base, tokenizer, train_data, heldout = load(base_model, out_dir / "task", cfg)
+        base_loss = (loss_before_training(base, tokenizer, heldout, cfg)
+                     if cfg.epochs and any(starts_at_base(arm) for arm, _ in todo) else None)
         for arm, seed in tqdm(todo, desc="study runs", unit="run"):
-            result = train_and_score(base, tokenizer, train_data, heldout, arm, seed, cfg, out_dir)
+            result = train_and_score(base, tokenizer, train_data, heldout, arm, seed, cfg, out_dir, base_loss)
             loss = f", held-out answer loss {result['heldout_loss']:.4f}" if "heldout_loss" in result else ""
             tqdm.write(f"{arm} seed {seed}: held-out accuracy {result['accuracy']:.1f}%{loss} "
                        f"(train {result['train_s']:.0f} s)")

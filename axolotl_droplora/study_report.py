@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .study import ARMS, TARGET_MODULES, is_svd_init, reference_arm
 from .study_plots import line_panels
-from .study_stats import describe, paired_difference
+from .study_stats import describe, nested_subset_sd, paired_difference, seeds_needed
 
 LOSS = "nats/token"
 
@@ -162,6 +162,8 @@ def _curves_section(runs, arms, cfg, out_dir: Path) -> list[str]:
                       f"lowest after epoch {best}; from there to the last epoch it changes by "
                       f"{_short(d, LOSS, 4)} (95% interval over seeds"
                       f"{'' if shown else '; it must lie above 0 for this to be the overfitting regime'}).", ""]
+            if shown:
+                lines += _noise_lines(runs, arms, cfg, d.mean / 2)
     by_r = [arm for arm in arms if "r" not in ARMS[arm]]
     others = [arm for arm in arms if "r" in ARMS[arm]]
     panels = [{"title": "held-out answer loss per epoch" + (" (r of the config)" if others else ""),
@@ -174,6 +176,32 @@ def _curves_section(runs, arms, cfg, out_dir: Path) -> list[str]:
         panels[0 if arm in by_r else 1]["series"][arm] = (list(range(len(mean_curves[arm]))), mean_curves[arm], errors)
     line_panels(out_dir / "curves.png", panels)
     return lines
+
+
+def _noise_lines(runs, arms, cfg, target: float) -> list[str]:
+    """Where the noise of the final answer loss comes from (seeds or questions), and the seeds that
+    would detect `target` (half of LoRA's rise) in each comparison's paired differences."""
+    all_runs = [r for arm in arms for r in runs[arm]]
+    n_curve = cfg.n_curve or cfg.n_loss
+    if len(cfg.seeds) < 2 or n_curve >= cfg.n_loss:
+        return []
+    seed_sds = {arm: statistics.stdev(r["heldout_loss"] for r in runs[arm]) for arm in arms}
+    question_se = nested_subset_sd([r["loss_curve"][-1] for r in all_runs], [r["heldout_loss"] for r in all_runs],
+                                   n_curve, cfg.n_loss) / cfg.n_loss ** 0.5
+    needs = []
+    for arm in arms:
+        reference = reference_arm(arm)
+        if reference != arm and reference in runs:
+            d = paired_difference([r["heldout_loss"] for r in runs[reference]], [r["heldout_loss"] for r in runs[arm]])
+            n = seeds_needed(d.sd, target)
+            needs.append(f"{arm} − {reference} (sd of the paired differences {d.sd:.4f}): "
+                         + (f"{n} seeds" if n else "more than 1000 seeds"))
+    return [f"**Seeds, not questions, set these intervals.** An arm's final answer loss varies from seed to seed "
+            f"with sd {min(seed_sds.values()):.4f}–{max(seed_sds.values()):.4f}; the question-sampling standard error "
+            f"of one {cfg.n_loss}-question mean is about {question_se:.4f} (from each run's first {n_curve} questions "
+            f"against all {cfg.n_loss}: their difference has variance σ²(1/{n_curve} − 1/{cfg.n_loss})). So more "
+            f"questions cannot narrow these intervals much; more seeds can. To detect half of LoRA's rise ({target:.4f} {LOSS}) at 80% power: "
+            + ("; ".join(needs) if needs else "no comparison run") + ".", ""]
 
 
 def _grid_section(grid: dict, loss: dict, out_dir: Path) -> list[str]:

@@ -47,8 +47,25 @@ def heldout_pairs(heldout: list[dict], n: int) -> tuple[list[str], list[str]]:
             [" " + r["output"] for r in heldout[:n]])
 
 
+def loss_before_training(base, tokenizer, heldout, cfg: StudyConfig) -> float:
+    """The per-epoch curve's epoch 0: the base model's answer loss on the curve's questions,
+    shared by every run that starts from the base model's function (see starts_at_base)."""
+    from .answer_loss import answer_nll
+
+    return statistics.fmean(answer_nll(base, tokenizer, *heldout_pairs(heldout, cfg.n_curve or cfg.n_loss),
+                                       cfg.eval_batch_size))
+
+
+def starts_at_base(arm: str) -> bool:
+    """Whether the arm's model before training computes exactly what the base model does: B0 = 0
+    adds exact zeros and GaLore starts from the base weights, while the SVD inits (W − B·A + B·A)
+    and DoRA (W / ‖W‖ · m) only round back to it."""
+    return not is_svd_init(arm) and not ARMS[arm].get("use_dora")
+
+
 def train_and_score(base, tokenizer, train_data, heldout, arm: str, seed: int, cfg: StudyConfig,
-                     out_dir: Path) -> dict:
+                     out_dir: Path, base_loss: float | None = None) -> dict:
+    """base_loss: loss_before_training's value, reused as epoch 0 of the curve where the arm starts at base."""
     from peft import LoraConfig
     from transformers import PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
@@ -71,7 +88,8 @@ def train_and_score(base, tokenizer, train_data, heldout, arm: str, seed: int, c
     if cfg.epochs:
         prompts, answers = heldout_pairs(heldout, cfg.n_curve or cfg.n_loss)
         curve = HeldoutLossPerEpoch(lambda model: statistics.fmean(
-            answer_nll(model, tokenizer, prompts, answers, cfg.eval_batch_size)))
+            answer_nll(model, tokenizer, prompts, answers, cfg.eval_batch_size)),
+            before=base_loss if starts_at_base(arm) else None)
         callbacks.append(curve)
     model = copy.deepcopy(base)
     extra = {}
@@ -109,16 +127,20 @@ def train_and_score(base, tokenizer, train_data, heldout, arm: str, seed: int, c
                       limit=cfg.n_accuracy or None)
     result = {"arm": arm, "seed": seed, "accuracy": scored["sets"]["gsm8k"]["accuracy"], "losses": losses,
               "train_s": train_s, "eval_s": time.perf_counter() - start, "machine": machine()}
+    final_losses = []  # per question; their first n_curve / n_prune are also the curve's last epoch and the unchanged adapter's loss
     if cfg.n_loss:
         result["optimizer"] = optimizer
         start = time.perf_counter()
-        result["heldout_loss"] = statistics.fmean(answer_nll(trainer.model, tokenizer, *heldout_pairs(heldout, cfg.n_loss),
-                                                             cfg.eval_batch_size))
+        final_losses = answer_nll(trainer.model, tokenizer, *heldout_pairs(heldout, cfg.n_loss), cfg.eval_batch_size)
+        result["heldout_loss"] = statistics.fmean(final_losses)
         result["loss_s"] = time.perf_counter() - start
     if curve is not None:
+        curve.values.append(statistics.fmean(final_losses[:cfg.n_curve or cfg.n_loss]))
         result["loss_curve"], result["curve_s"] = curve.values, curve.seconds
     if arm in cfg.mechanism_arms:
-        result["mechanism"] = _mechanism(trainer.model, tokenizer, heldout, cfg, seed, _adapter_dir(out_dir, arm, seed))
+        unchanged = statistics.fmean(final_losses[:cfg.n_prune]) if cfg.n_prune <= len(final_losses) else None
+        result["mechanism"] = _mechanism(trainer.model, tokenizer, heldout, cfg, seed, _adapter_dir(out_dir, arm, seed),
+                                         unchanged)
     del trainer, model
     gc.collect()
     done = _result_file(out_dir, arm, seed)
@@ -129,10 +151,12 @@ def train_and_score(base, tokenizer, train_data, heldout, arm: str, seed: int, c
 
 
 class HeldoutLossPerEpoch(TrainerCallback):
-    """The held-out answer loss before training (epoch 0) and after each epoch, in `values`."""
+    """The held-out answer loss before training (epoch 0) and after each epoch but the last, in
+    `values`: the caller appends the last from the final scoring, which covers these questions.
+    `before`: epoch 0 when the caller has it already (the base model's loss)."""
 
-    def __init__(self, score):
-        self.score, self.values, self.seconds = score, [], 0.0
+    def __init__(self, score, before: float | None = None):
+        self.score, self.values, self.seconds = score, [] if before is None else [before], 0.0
 
     def _record(self, model) -> None:
         start = time.perf_counter()
@@ -144,18 +168,20 @@ class HeldoutLossPerEpoch(TrainerCallback):
             self._record(model)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        self._record(model)
+        if state.global_step < state.max_steps:
+            self._record(model)
 
 
-def _mechanism(model, tokenizer, heldout, cfg: StudyConfig, seed: int, adapter_dir: Path) -> dict:
+def _mechanism(model, tokenizer, heldout, cfg: StudyConfig, seed: int, adapter_dir: Path,
+               unchanged: float | None = None) -> dict:
     """Spectra of ΔW and the channel-removal curve of a just-trained adapter; the adapter is kept
-    (adapter_dir) for the similarity across seeds."""
+    (adapter_dir) for the similarity across seeds. unchanged: its loss on the n_prune questions, if known."""
     from .mechanism import model_factors, pruning_curve, spectra, summarise_spectra
 
     start = time.perf_counter()
     layer_spectra = spectra(model_factors(model))
     pruning = pruning_curve(model, tokenizer, *heldout_pairs(heldout, cfg.n_prune), cfg.prune_fractions,
-                            cfg.prune_draws, seed, cfg.eval_batch_size)
+                            cfg.prune_draws, seed, cfg.eval_batch_size, full=unchanged)
     model.save_pretrained(adapter_dir)
     return {"spectra": summarise_spectra(layer_spectra),
             "effective_rank": {name: round(s["effective_rank"], 4) for name, s in layer_spectra.items()},

@@ -61,6 +61,25 @@ def paired_difference(reference: list[float], other: list[float], confidence: fl
     return PairedDifference(n, mean, sd, mean - half, mean + half, mdd)
 
 
+def seeds_needed(sd: float, difference: float, confidence: float = CONFIDENCE, power: float = POWER,
+                 most: int = 1000) -> int | None:
+    """The fewest seeds whose MDD (module doc) reaches `difference` when the paired differences
+    have standard deviation `sd`; None if more than `most` would be needed."""
+    for n in range(2, most + 1):
+        if (t_quantile(1 - (1 - confidence) / 2, n - 1) + t_quantile(power, n - 1)) * sd / n ** 0.5 <= difference:
+            return n
+    return None
+
+
+def nested_subset_sd(subset_means: list[float], full_means: list[float], n_subset: int, n_full: int) -> float:
+    """Per-question standard deviation σ estimated from runs scored on n_full questions and on
+    their first n_subset: for a random subset, Var(subset mean − full mean) = σ² (1/n_subset − 1/n_full)."""
+    if not 0 < n_subset < n_full:
+        raise ValueError(f"need 0 < n_subset < n_full, got {n_subset} and {n_full}")
+    squares = statistics.fmean((a - b) ** 2 for a, b in zip(subset_means, full_means, strict=True))
+    return (squares / (1 / n_subset - 1 / n_full)) ** 0.5
+
+
 def describe(label: str, reference: str, d: PairedDifference, unit: str, lower_is_better: bool,
              digits: int = 3) -> str:
     """One sentence: label − reference with its interval, which way it points, and the MDD."""

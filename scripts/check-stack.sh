@@ -20,7 +20,7 @@ rm -rf "$venv" "$venv-dist"
 pip=("$venv/bin/pip" install --disable-pip-version-check -c constraints.txt)
 log=$venv/pip-install.log
 echo "check-stack $stack: an Axolotl $axolotl environment in $venv ($("$python" --version))"
-if ! "${pip[@]}" torch >"$log" 2>&1 || ! "${pip[@]}" "axolotl[deepspeed]==$axolotl" pytest >>"$log" 2>&1; then
+if ! "${pip[@]}" torch >"$log" 2>&1 || ! "${pip[@]}" "axolotl[deepspeed]==$axolotl" pytest pytest-xdist >>"$log" 2>&1; then
   tail -30 "$log"; echo "check-stack $stack: installing Axolotl failed; log in $log" >&2; exit 1
 fi
 "$venv/bin/pip" freeze --all | sort >"$venv/before.txt"
@@ -54,7 +54,8 @@ EOF
 if [ "$tests" != "--no-tests" ]; then
   export HF_HUB_OFFLINE=1 AXOLOTL_DO_NOT_TRACK=1 TOKENIZERS_PARALLELISM=false
   # the pytest command (not python -m pytest), so the tests import the installed wheel, not the checkout
-  "$venv/bin/pytest" -p no:cacheprovider tests/test_rank_dropout.py tests/test_args.py \
+  workers=${TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}  # as in test.sh
+  "$venv/bin/pytest" -p no:cacheprovider -n "$workers" --dist worksteal tests/test_rank_dropout.py tests/test_args.py \
     tests/test_variants.py tests/test_conversion.py tests/test_milora.py tests/test_trainer_callback.py \
     tests/test_recipes.py tests/test_plugin.py tests/test_model_card.py tests/test_explain.py
 fi

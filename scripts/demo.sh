@@ -8,6 +8,9 @@ bash scripts/setup.sh
 source "${VENV:-.venv}/bin/activate"
 # Axolotl's telemetry hangs forever after training on machines without internet access.
 export AXOLOTL_DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# `axolotl train` starts through `accelerate launch`, which gives a CPU job one thread
+# (OMP_NUM_THREADS=1) unless OMP_NUM_THREADS is set: use every core.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 
 rm -rf demo/out demo/eval demo/prepared  # a fresh run each time; the converted model is kept
 model=$(axolotl droplora smollm2 --out demo/SmolLM2-135M-Instruct | tail -1)

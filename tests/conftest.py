@@ -11,6 +11,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # scripts/test.sh starts a worker per core: more threads only contend
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 VENV_BIN = str(Path(sys.executable).parent)
 

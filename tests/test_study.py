@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from axolotl_droplora.study import (
     verdict,
     write_report,
 )
-from axolotl_droplora.study_stats import describe, paired_difference
+from axolotl_droplora.study_stats import describe, nested_subset_sd, paired_difference, seeds_needed
 from conftest import run_cli
 
 
@@ -191,6 +193,17 @@ def test_paired_interval_and_minimum_detectable_difference_by_hand():
         paired_difference([1.0, 2.0], [1.0])  # seeds must pair up
 
 
+def test_seeds_needed_and_question_noise_by_hand():
+    # (t.975 + t.80 at 4 dof) · 1 / √5 = (2.776 + 0.941) / 2.236 = 1.662; at 3 dof / √4: 2.080
+    assert seeds_needed(1.0, 1.7) == 5 and seeds_needed(1.0, 1.6) == 6 and seeds_needed(1.0, 2.1) == 4
+    assert seeds_needed(1.0, 1e-6) is None
+    # Var(subset mean − full mean) = σ²(1/4 − 1/16) = σ² · 0.1875; mean square 0.0075 → σ = 0.2
+    assert nested_subset_sd([1.1, 0.9, 1.05], [1.0, 1.0, 1.0], 4, 16) == pytest.approx(
+        ((0.01 + 0.01 + 0.0025) / 3 / 0.1875) ** 0.5)
+    with pytest.raises(ValueError, match="need 0 < n_subset < n_full"):
+        nested_subset_sd([1.0], [1.0], 16, 16)
+
+
 def test_describe_says_direction_interval_and_detectable_size():
     better = paired_difference([1.0] * 5, [0.9, 0.7, 0.8, 0.6, 1.0])  # loss fell by 0.2
     assert describe("droplora-p0.3", "lora", better, "nats/token", lower_is_better=True) == (
@@ -221,6 +234,8 @@ def test_regime_configs_meet_the_issue_and_refuse_bad_settings():
         StudyConfig(1, 2, 4, 1e-3, 8, 8, (0,), False, n_loss=1000)
     with pytest.raises(ValueError, match="the per-epoch curve needs n_loss > 0"):
         StudyConfig(1, 2, 4, 1e-3, 8, 8, (0,), False, epochs=3)
+    with pytest.raises(ValueError, match=r"n_curve \(8\) must not exceed n_loss \(4\)"):
+        StudyConfig(1, 2, 4, 1e-3, 8, 8, (0,), False, epochs=3, n_loss=4, n_curve=8)
 
 
 def _fake_run(curve, accuracy, pruning=None, rank=None):
@@ -303,6 +318,24 @@ def test_regime_report_says_channel_removal_measures_shrinkage_when_it_lowers_th
             and "Untestable here as posed: removal lowered every adapter's loss" in report)
 
 
+def test_regime_report_says_seeds_not_questions_set_the_intervals_and_how_many_seeds_would_do(tmp_path):
+    config = _write_fake_over_study(tmp_path)
+    (tmp_path / "study.json").write_text(json.dumps(study_settings(dataclasses.replace(config, n_curve=5),
+                                                                   "/models/SmolLM2")))
+    for result_file in tmp_path.glob("runs/*/seed*/result.json"):  # the curve scored the first 5 of the 20 questions
+        result = json.loads(result_file.read_text())
+        result_file.write_text(json.dumps({**result, "heldout_loss": result["loss_curve"][-1] + 0.03}))
+    report = regenerate_report(tmp_path)
+    # σ² = 0.03² / (1/5 − 1/20) = 0.006, so one 20-question mean has SE √0.006 / √20 = 0.0173; seed sd:
+    # lora-r4 0.0577 … lora 0.15; paired sd 0.0577 in both comparisons, and (t.975 + t.80) · 0.0577 / √n
+    # first drops below half of LoRA's rise (0.1) at n = 5 (3.717 · 0.0577 / √5 = 0.096; n = 4: 0.120)
+    assert ("**Seeds, not questions, set these intervals.** An arm's final answer loss varies from seed to seed with "
+            "sd 0.0577–0.1500; the question-sampling standard error of one 20-question mean is about 0.0173") in report
+    assert "To detect half of LoRA's rise (0.1000 nats/token) at 80% power: " in report
+    assert "droplora-p0.3-r4 − lora-r4 (sd of the paired differences 0.0577): 5 seeds." in report
+    assert "droplora-p0.3 − lora (sd of the paired differences 0.0577): 5 seeds;" in report
+
+
 def test_report_only_command_regenerates_without_a_model_and_names_missing_runs(tmp_path):
     _write_fake_over_study(tmp_path)
     ran = run_cli([sys.executable, "-m", "axolotl_droplora", "study", "--report-only", "--out", str(tmp_path)], cwd=tmp_path)
@@ -346,7 +379,16 @@ def test_tiny_regime_study_trains_scores_curves_and_analyses_then_resumes(tmp_pa
                                       out / "adapters" / "droplora-p0.3" / "seed1")
     heldout = json.loads((out / "task" / "heldout" / "gsm8k" / "test.json").read_text())
     again = answer_nll(model, tokenizer, *heldout_pairs(heldout, 12))
-    assert sum(again) / len(again) == pytest.approx(results["droplora-p0.3", 1]["heldout_loss"], rel=1e-4)
+    run = results["droplora-p0.3", 1]
+    assert sum(again) / len(again) == pytest.approx(run["heldout_loss"], rel=1e-4)
+    # scored once, used thrice: the final scoring's first n_curve (6) and n_prune (4) questions are
+    # the curve's last epoch and the unchanged adapter of the channel-removal curve
+    assert run["loss_curve"][-1] == pytest.approx(sum(again[:6]) / 6, rel=1e-4)
+    assert run["mechanism"]["pruning"]["full"] == pytest.approx(sum(again[:4]) / 4, rel=1e-4)
+    # epoch 0 is the base model's loss, scored once for every run that starts at the base model
+    base = AutoModelForCausalLM.from_pretrained(demo_dir / "model", dtype=torch.float32)
+    before = answer_nll(base, tokenizer, *heldout_pairs(heldout, 6), 8)
+    assert {r["loss_curve"][0] for r in results.values()} == {statistics.fmean(before)}
     assert "## Held-out answer loss per epoch" in report and "droplora-p0.3 − lora" in report
     assert (out / ".gitignore").read_text().startswith("task/\nadapters/")
 
