@@ -127,7 +127,8 @@ def train_and_score(base, tokenizer, train_data, heldout, arm: str, seed: int, c
                       limit=cfg.n_accuracy or None)
     result = {"arm": arm, "seed": seed, "accuracy": scored["sets"]["gsm8k"]["accuracy"], "losses": losses,
               "train_s": train_s, "eval_s": time.perf_counter() - start, "machine": machine()}
-    final_losses = []  # per question; their first n_curve / n_prune are also the curve's last epoch and the unchanged adapter's loss
+    # per question; the first n_curve / n_prune are also the curve's last epoch and the unchanged adapter's loss
+    final_losses = []
     if cfg.n_loss:
         result["optimizer"] = optimizer
         start = time.perf_counter()
