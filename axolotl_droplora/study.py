@@ -171,7 +171,8 @@ CONFIGS = {
     # 2-core AMD EPYC, measured): a run costs 2.5-3 s per training step plus a fixed ~140 s of
     # scoring (the answer loss of 1000 questions, greedy answers to 300), and in the overfitting
     # regime another ~80 s for the per-epoch curve and ~50 s for the mechanism analyses (since those
-    # runs, epoch 0, the last epoch and the unchanged adapter's loss reuse other scorings: ~30 s less). That holds
+    # runs, epoch 0, the last epoch and the unchanged adapter's loss reuse other scorings: ~30 s
+    # less). That holds
     # 3 seeds of 7 arms: the two regimes' LoRA vs DropLoRA p = 0.3, p = 0.5 and the MiLoRA question
     # where they are cheapest (under-trained). The other arms (p = 0.1, the r × p grid, PiSSA ±
     # DropLoRA, GaLore) are in the GPU configs; any of them runs on CPU with --arms.

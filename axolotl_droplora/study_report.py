@@ -113,7 +113,7 @@ def write_regime_report(out_dir: Path, arms: list[str], cfg, base_model: str) ->
 
     figures = []
     if cfg.epochs:
-        lines += _curves_section(runs, arms, cfg, out_dir)
+        lines += _curves_section(runs, arms, cfg, out_dir, {arm: d_loss for arm, (d_loss, _) in differences.items()})
         figures.append(("held-out answer loss per epoch", "curves.png"))
     grid = {arm: _grid_cell(arm, cfg) for arm in arms if _grid_cell(arm, cfg) is not None}
     if len({r for r, _ in grid.values()}) > 1:
@@ -137,7 +137,7 @@ def _short(d, unit: str, digits: int) -> str:
     return f"{value} [{d.low:+.{digits}f}, {d.high:+.{digits}f}], smallest detectable {d.mdd:.{digits}f}"
 
 
-def _curves_section(runs, arms, cfg, out_dir: Path) -> list[str]:
+def _curves_section(runs, arms, cfg, out_dir: Path, loss_differences: dict) -> list[str]:
     lines = ["## Held-out answer loss per epoch", "",
              f"On the first {cfg.n_curve or cfg.n_loss} held-out questions, before training (epoch 0) and after "
              f"each epoch; mean over seeds. *rise*: last epoch minus the curve's minimum, per seed.", "",
@@ -163,7 +163,7 @@ def _curves_section(runs, arms, cfg, out_dir: Path) -> list[str]:
                       f"{_short(d, LOSS, 4)} (95% interval over seeds"
                       f"{'' if shown else '; it must lie above 0 for this to be the overfitting regime'}).", ""]
             if shown:
-                lines += _noise_lines(runs, arms, cfg, d.mean / 2)
+                lines += _noise_lines(runs, arms, cfg, loss_differences, d.mean / 2)
     by_r = [arm for arm in arms if "r" not in ARMS[arm]]
     others = [arm for arm in arms if "r" in ARMS[arm]]
     panels = [{"title": "held-out answer loss per epoch" + (" (r of the config)" if others else ""),
@@ -178,30 +178,25 @@ def _curves_section(runs, arms, cfg, out_dir: Path) -> list[str]:
     return lines
 
 
-def _noise_lines(runs, arms, cfg, target: float) -> list[str]:
+def _noise_lines(runs, arms, cfg, loss_differences: dict, target: float) -> list[str]:
     """Where the noise of the final answer loss comes from (seeds or questions), and the seeds that
     would detect `target` (half of LoRA's rise) in each comparison's paired differences."""
-    all_runs = [r for arm in arms for r in runs[arm]]
     n_curve = cfg.n_curve or cfg.n_loss
     if len(cfg.seeds) < 2 or n_curve >= cfg.n_loss:
         return []
-    seed_sds = {arm: statistics.stdev(r["heldout_loss"] for r in runs[arm]) for arm in arms}
+    seed_sds = [statistics.stdev(r["heldout_loss"] for r in runs[arm]) for arm in arms]
+    all_runs = [r for arm in arms for r in runs[arm]]
     question_se = nested_subset_sd([r["loss_curve"][-1] for r in all_runs], [r["heldout_loss"] for r in all_runs],
                                    n_curve, cfg.n_loss) / cfg.n_loss ** 0.5
-    needs = []
-    for arm in arms:
-        reference = reference_arm(arm)
-        if reference != arm and reference in runs:
-            d = paired_difference([r["heldout_loss"] for r in runs[reference]], [r["heldout_loss"] for r in runs[arm]])
-            n = seeds_needed(d.sd, target)
-            needs.append(f"{arm} − {reference} (sd of the paired differences {d.sd:.4f}): "
-                         + (f"{n} seeds" if n else "more than 1000 seeds"))
+    needs = [f"{arm} − {reference_arm(arm)} (sd of the paired differences {d.sd:.4f}): "
+             + (f"{n} seeds" if (n := seeds_needed(d.sd, target)) else "more than 1000 seeds")
+             for arm, d in loss_differences.items()]
     return [f"**Seeds, not questions, set these intervals.** An arm's final answer loss varies from seed to seed "
-            f"with sd {min(seed_sds.values()):.4f}–{max(seed_sds.values()):.4f}; the question-sampling standard error "
-            f"of one {cfg.n_loss}-question mean is about {question_se:.4f} (from each run's first {n_curve} questions "
-            f"against all {cfg.n_loss}: their difference has variance σ²(1/{n_curve} − 1/{cfg.n_loss})). So more "
-            f"questions cannot narrow these intervals much; more seeds can. To detect half of LoRA's rise ({target:.4f} {LOSS}) at 80% power: "
-            + ("; ".join(needs) if needs else "no comparison run") + ".", ""]
+            f"with sd {min(seed_sds):.4f}–{max(seed_sds):.4f}; the question-sampling standard error of one "
+            f"{cfg.n_loss}-question mean is about {question_se:.4f} (from each run's first {n_curve} questions against "
+            f"all {cfg.n_loss}: their difference has variance σ²(1/{n_curve} − 1/{cfg.n_loss})). So more questions "
+            f"cannot narrow these intervals much; more seeds can. To detect half of LoRA's rise ({target:.4f} {LOSS}) "
+            f"at 80% power: " + ("; ".join(needs) if needs else "no comparison run") + ".", ""]
 
 
 def _grid_section(grid: dict, loss: dict, out_dir: Path) -> list[str]:
