@@ -105,6 +105,7 @@ class DropLoRAArgs(BaseModel):
         if init == MILORA:
             _check_milora(data)
         if init:
+            _check_whole_weights(data, init)
             _check_converted_saves(data)
         elif data.get("svd_init_save_base") is not None:
             raise ValueError(
@@ -188,6 +189,18 @@ def _check_milora(data: dict) -> None:
                 f"`peft_init_lora_weights: {MILORA}` needs a full-precision base to take the SVD "
                 f"of and subtract from: remove `{key}`"
             )
+
+
+def _check_whole_weights(data: dict, init: str) -> None:
+    fsdp = data.get("fsdp_config") or {}
+    if fsdp.get("cpu_ram_efficient_loading") or fsdp.get("fsdp_cpu_ram_efficient_loading"):
+        # the other ranks load the base on the meta device and receive rank 0's weights only
+        # when FSDP wraps the model, after the init has run: they would have nothing to decompose
+        raise ValueError(
+            f"`peft_init_lora_weights: {init}` with `fsdp_config.cpu_ram_efficient_loading: true`: "
+            f"off rank 0 the base weights are empty (meta device) until FSDP wraps the model, "
+            f"after the SVD init. Set `cpu_ram_efficient_loading: false` in fsdp_config."
+        )
 
 
 def _check_converted_saves(data: dict) -> None:

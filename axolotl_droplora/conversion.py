@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model_state_dict
+from peft.utils.integrations import gather_params_ctx
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
@@ -27,9 +28,20 @@ ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.j
 
 
 def snapshot_initial_adapter(model, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """A0, B0 of every layer, on CPU, keyed as in the saved adapter file."""
-    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
-    return {key: value.detach().to("cpu", copy=True) for key, value in state.items() if ".lora_" in key}
+    """A0, B0 of every layer, whole and on CPU, keyed as in the saved adapter file.
+
+    Whole under every engine: ZeRO-3-partitioned LoRA weights are gathered for the copy, FSDP2's
+    DTensors are assembled (`full_tensor`, a collective: every rank must call this).
+    """
+    lora = [p for name, p in model.named_parameters() if f".{adapter_name}." in name and ".lora_" in name]
+    with gather_params_ctx(lora, modifier_rank=None):  # read only
+        state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+        return {key: _whole(value).detach().to("cpu", copy=True) for key, value in state.items()
+                if ".lora_" in key}
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor  # FSDP2's DTensor
 
 
 def to_original_base(state: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

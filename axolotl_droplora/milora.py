@@ -28,6 +28,7 @@ from collections import defaultdict
 import scipy.linalg
 import torch
 from peft.tuners.lora import LoraLayer
+from peft.utils.integrations import gather_params_ctx
 from tqdm.auto import tqdm
 
 LOG = logging.getLogger(__name__)
@@ -53,17 +54,38 @@ def _target_layers(model: torch.nn.Module, adapter_name: str) -> list[tuple[str,
             )
         if getattr(layer, "fan_in_fan_out", False):
             raise ValueError(f"MiLoRA does not support fan_in_fan_out layers ({name})")
-        if layer.r[adapter_name] > min(base.weight.shape):
+        if base.weight.is_meta:
+            raise ValueError(
+                f"MiLoRA needs the base weights' values on every process, but {name}'s weight is on "
+                f"the meta device (fsdp_cpu_ram_efficient_loading loads the weights on rank 0 only "
+                f"and sends them out when FSDP wraps the model, after the init): turn "
+                f"fsdp_cpu_ram_efficient_loading off for an SVD init"
+            )
+        shape = full_shape(base.weight)
+        if len(shape) != 2 or min(shape) == 0:
+            raise ValueError(
+                f"MiLoRA needs each target weight whole, but {name}'s weight is {tuple(shape)} here: "
+                f"it is partitioned or sharded by an engine that the init cannot gather (ZeRO-3 is "
+                f"gathered; FSDP shards only after the init). Initialise before the model is "
+                f"sharded, or without fsdp_cpu_ram_efficient_loading"
+            )
+        if layer.r[adapter_name] > min(shape):
             raise ValueError(
                 f"MiLoRA takes the r={layer.r[adapter_name]} smallest singular triplets, but {name} "
-                f"is {tuple(base.weight.shape)} and has only {min(base.weight.shape)}: lower lora_r"
+                f"is {tuple(shape)} and has only {min(shape)}: lower lora_r"
             )
     return layers
 
 
 @torch.no_grad()
 def init_milora(model: torch.nn.Module, adapter_name: str = "default") -> int:
-    """Re-initialise every LoRA layer of `model` with MiLoRA, in place. Returns the layer count."""
+    """Re-initialise every LoRA layer of `model` with MiLoRA, in place. Returns the layer count.
+
+    Under DeepSpeed ZeRO-3 each rank holds only a partition of every weight: the layers are
+    gathered a few at a time (PEFT's `gather_params_ctx`, as PEFT does around its PiSSA init),
+    every rank decomposes the same full weights, and rank 0's W_p, A, B are what is partitioned
+    again, so all ranks end with the init a single process computes.
+    """
     layers = [layer for _, layer in _target_layers(model, adapter_name)]
     by_rank = defaultdict(list)  # ranks differ between layers with lora_rank_pattern
     for layer in layers:
@@ -71,11 +93,44 @@ def init_milora(model: torch.nn.Module, adapter_name: str = "default") -> int:
     start = time.perf_counter()
     with tqdm(total=len(layers), desc="MiLoRA init", unit="layer") as progress:
         for rank, group in by_rank.items():
-            weights = [layer.get_base_layer().weight for layer in group]
-            for layer, triplet in zip(group, minor_components(weights, rank, progress.update)):
-                _set_minor_components(layer, adapter_name, *triplet)
+            for chunk in _gather_chunks(group):
+                with gather_params_ctx(_init_params(chunk, adapter_name), modifier_rank=0):
+                    weights = [layer.get_base_layer().weight for layer in chunk]
+                    for layer, triplet in zip(chunk, minor_components(weights, rank, progress.update)):
+                        _set_minor_components(layer, adapter_name, *triplet)
     LOG.info(f"MiLoRA: initialised {len(layers)} layers in {time.perf_counter() - start:.1f} s")
     return len(layers)
+
+
+def full_shape(weight: torch.Tensor) -> torch.Size:
+    """The weight's shape as the model defines it; ZeRO-3 leaves a (0,) placeholder in `.shape`."""
+    return getattr(weight, "ds_shape", weight.shape)
+
+
+def _gather_chunks(layers: list[LoraLayer]) -> list[list[LoraLayer]]:
+    """All layers at once where the weights are whole; ZeRO-3-partitioned ones a few at a time,
+    so that at most BATCH_BYTES of float64 copies of gathered weights exist at once."""
+    if not any(hasattr(layer.get_base_layer().weight, "ds_id") for layer in layers):
+        return [layers]
+    chunks, size = [[]], 0
+    for layer in layers:
+        nbytes = 8 * full_shape(layer.get_base_layer().weight).numel()
+        if chunks[-1] and size + nbytes > BATCH_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(layer)
+        size += nbytes
+    return chunks
+
+
+def _init_params(layers: list[LoraLayer], adapter: str) -> list[torch.nn.Parameter]:
+    """What the init reads or writes in each layer: the base weight, A, B (and DoRA's magnitude)."""
+    params = []
+    for layer in layers:
+        params += [layer.get_base_layer().weight, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight]
+        if layer.use_dora.get(adapter):
+            params.append(layer.lora_magnitude_vector[adapter].weight)
+    return params
 
 
 @torch.no_grad()

@@ -146,7 +146,7 @@ class DropLoRACallback(TrainerCallback):
         now = snapshot_initial_adapter(model)
         changed = [
             key for key, initial in self.initial_adapter.items()
-            if key in now and now[key].shape == initial.shape  # ZeRO-3 leaves empty shells here
+            if key in now
             # relative, so that a bf16 cast by DeepSpeed does not count as a change
             and (now[key].float() - initial.float()).norm() > 0.05 * initial.float().norm()
         ]
@@ -184,7 +184,13 @@ class DropLoRACallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if model is not None and REFERENCE_ADAPTER in getattr(model, "peft_config", {}):
             model.delete_adapter(REFERENCE_ADAPTER)  # not part of what was trained
-        if self.initial_adapter is not None:
+        if self.initial_adapter is not None and _is_partitioned(model):
+            # ZeRO-3 partitions and FSDP2 shards hold parameters of fixed shapes, so the rank
+            # cannot double in memory: the saves that follow are converted as files instead
+            _convert_each_save(model, self.initial_adapter)
+            self.initial_adapter = None
+            LOG.info("adapter saves after training are converted to rank 2r on the original base")
+        elif self.initial_adapter is not None:
             fold_into_original_base(model, self.initial_adapter)
             self.initial_adapter = None
             LOG.info("adapter converted to rank 2r on the original base for saving")
@@ -204,6 +210,26 @@ def _add_reference_adapter(model, initial: dict) -> None:
         if f".{REFERENCE_ADAPTER}." in name:
             parameter.requires_grad_(False)
     model.set_adapter(ACTIVE_ADAPTER)
+
+
+def _is_partitioned(model) -> bool:
+    """LoRA weights partitioned by DeepSpeed ZeRO-3 (`ds_id`) or sharded by FSDP2 (DTensor)."""
+    return any(hasattr(p, "ds_id") or hasattr(p, "full_tensor")
+               for name, p in model.named_parameters() if ".lora_" in name)
+
+
+def _convert_each_save(model, initial: dict) -> None:
+    """Make `model.save_pretrained` (what the Trainer's save_model calls on the main process,
+    with the engine's gathered state dict) write the adapter converted for the original base."""
+    save_residual = model.save_pretrained
+
+    def save_pretrained(save_directory, *args, **kwargs):
+        save_residual(save_directory, *args, **kwargs)
+        selected = kwargs.get("selected_adapters") or [ACTIVE_ADAPTER]
+        if kwargs.get("is_main_process", True) and ACTIVE_ADAPTER in selected:
+            convert_adapter_dir(save_directory, initial)
+
+    model.save_pretrained = save_pretrained
 
 
 def _is_pissa(model) -> bool:

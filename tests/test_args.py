@@ -112,6 +112,8 @@ def test_milora_is_a_value_of_peft_init_lora_weights_with_lora_or_droplora(tmp_p
     [
         ({"load_in_8bit": True, "adapter": "lora"},
          "`peft_init_lora_weights: milora` needs a full-precision base to take the SVD of and subtract from: remove `load_in_8bit`"),
+        ({"fsdp_config": {"fsdp_version": 2, "cpu_ram_efficient_loading": True}},
+         "`peft_init_lora_weights: milora` with `fsdp_config.cpu_ram_efficient_loading: true`: off rank 0"),
         ({"load_best_model_at_end": True},
          "`load_best_model_at_end` cannot be used with `peft_init_lora_weights: milora`: the Trainer would reload"),
     ],

@@ -64,3 +64,27 @@ def test_a_rank_above_the_weights_smaller_side_is_refused():
     model = get_peft_model(tiny_base_model(), LoraConfig(r=24, target_modules=["k_proj"]))  # k_proj: 16 x 32
     with pytest.raises(ValueError, match=r"takes the r=24 smallest singular triplets, but .*k_proj is \(16, 32\) and has only 16: lower lora_r"):
         init_milora(model)
+
+
+def test_a_partitioned_weight_it_cannot_gather_is_refused_with_the_reason_not_lower_r():
+    """What a ZeRO-3 placeholder or an FSDP meta/sharded weight looks like to a plain init."""
+    from conftest import tiny_lora_model
+
+    model = tiny_lora_model()
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    layer.get_base_layer().weight = torch.nn.Parameter(torch.empty(0))
+    with pytest.raises(ValueError) as err:
+        init_milora(model)
+    message = str(err.value)
+    assert "needs each target weight whole" in message and "partitioned or sharded" in message
+    assert "lower lora_r" not in message
+
+
+def test_meta_device_weights_are_refused_naming_fsdp_cpu_ram_efficient_loading():
+    from conftest import tiny_lora_model
+
+    model = tiny_lora_model()
+    layer = model.base_model.model.model.layers[1].mlp.down_proj
+    layer.get_base_layer().weight = torch.nn.Parameter(torch.empty(32, 64, device="meta"))
+    with pytest.raises(ValueError, match="is on the meta device .*turn fsdp_cpu_ram_efficient_loading off"):
+        init_milora(model)

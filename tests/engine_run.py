@@ -1,0 +1,99 @@
+"""One 2-process training run under an engine, through TRL's SFTTrainer + DropLoRACallback.
+
+    python -m torch.distributed.run --nproc_per_node 2 engine_run.py ENGINE METHOD MODEL_DIR OUT LR
+
+ENGINE: ddp, zero2, zero3, fsdp2. METHOD: droplora-element, droplora-batch, milora (+ DropLoRA
+p = 0.5, batch masks), pissa. Rank 0 writes OUT/run.json: the engine really used, the masks the
+first LoRA layer drew on each rank, and, for the SVD inits, the A0, B0 the init gave
+(OUT/initial.safetensors). The CPU set-up below works around accelerate and transformers lines
+that assume a GPU; none of it is in the package, and none is needed on GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from accelerate import PartialState
+from accelerate.utils import DistributedType
+from datasets import Dataset
+from peft import LoraConfig
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+
+from axolotl_droplora import DropLoRACallback, installed_rank_dropout
+
+engine, method, model_dir, out, lr = sys.argv[1:]
+DEEPSPEED = {
+    "zero_optimization": {"stage": 2 if engine == "zero2" else 3},
+    "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto", "gradient_clipping": "auto",
+}
+engine_args = {}
+if engine in ("zero2", "zero3"):
+    # accelerate's state picks no process-group backend on CPU when DeepSpeed is on
+    # (accelerate/state.py, PartialState.__init__: `backend` stays None for DeepSpeed without
+    # a GPU), so every rank would think it is rank 0 of 1: build the gloo state first and let
+    # the Trainer use it (AcceleratorConfig.use_configured_state)
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    PartialState(backend="gloo")
+    engine_args = dict(deepspeed=DEEPSPEED, accelerator_config={"use_configured_state": True})
+elif engine == "fsdp2":
+    # accelerate turns FSDP on only for GPU-like distributed types (Accelerator.__init__ checks
+    # `distributed_type not in (MULTI_GPU, MULTI_NPU, ...)`), and `use_cpu` silently gives DDP:
+    # a gloo state that calls itself MULTI_GPU keeps the device on CPU and FSDP on
+    state = PartialState(backend="gloo")
+    state.distributed_type = DistributedType.MULTI_GPU
+    engine_args = dict(fsdp="full_shard", accelerator_config={"use_configured_state": True},
+                       fsdp_config={"fsdp_version": 2, "reshard_after_forward": True,
+                                    "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                    "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]})
+else:
+    engine_args = dict(use_cpu=True, ddp_backend="gloo")
+
+args = SFTConfig(output_dir=out, max_steps=4, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                 learning_rate=float(lr), report_to=[], max_length=32, bf16=False, seed=0,
+                 gradient_checkpointing=False, save_strategy="steps", save_steps=2, logging_steps=1,
+                 **engine_args)
+# after the arguments: under ZeRO-3 they switch on transformers' zero.Init, so the base weights
+# are partitioned as they load (each rank holds an empty placeholder until gathered)
+model = AutoModelForCausalLM.from_pretrained(model_dir)
+# rows of equal length: every rank draws its random numbers in tensors of the same shapes
+data = Dataset.from_list([{"text": f"What is {a} plus {b}? The answer is {a + b}."}
+                          for a in range(10, 40) for b in range(10, 20)])
+mask_mode = method.split("-")[1] if method.startswith("droplora") else "batch"
+callback = DropLoRACallback(rank_dropout=None if method == "pissa" else 0.5, mask_mode=mask_mode,
+                            milora=method == "milora")
+trainer = SFTTrainer(
+    model=model, processing_class=AutoTokenizer.from_pretrained(model_dir), args=args, train_dataset=data,
+    peft_config=LoraConfig(r=4, lora_alpha=4, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
+                           init_lora_weights="pissa" if method == "pissa" else True),
+    callbacks=[callback],
+)
+initial = callback.initial_adapter
+masks = []
+if callback.rank_dropout is not None:
+    first_layer = next(iter(installed_rank_dropout(trainer.model).values()))
+    first_layer.register_forward_hook(
+        lambda module, inputs, output: masks.append((output == 0).flatten()[:128].tolist()) if module.training else None)
+trainer.train()
+trainer.save_model()
+gathered = [None] * dist.get_world_size()
+dist.all_gather_object(gathered, masks)
+if dist.get_rank() == 0:
+    wrapped = trainer.model_wrapped
+    used = {"deepspeed": getattr(trainer, "is_deepspeed_enabled", False) and trainer.deepspeed is not None,
+            "zero_stage": trainer.deepspeed.zero_optimization_stage() if trainer.is_deepspeed_enabled else None,
+            "fsdp": trainer.is_fsdp_enabled,
+            "dtensor_params": any(type(p).__name__ == "DTensor" for p in trainer.model.parameters()),
+            "wrapper": type(wrapped).__name__}
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    with open(f"{out}/run.json", "w") as f:
+        json.dump({"world": dist.get_world_size(), "used": used, "masks": gathered, "losses": losses}, f)
+    if initial is not None:
+        save_file({k: v.contiguous() for k, v in initial.items()}, f"{out}/initial.safetensors")
+dist.barrier()
