@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --nproc_per_node 2 engine_run.py ENGINE METHOD MODEL_DIR OUT LR
 
-ENGINE: ddp, zero2, zero3, fsdp2. METHOD: droplora-element, droplora-batch, milora (+ DropLoRA
+ENGINE: ddp, zero2, zero3 (examples/deepspeed/ENGINE.json), fsdp2. METHOD: droplora-element, droplora-batch, milora (+ DropLoRA
 p = 0.5, batch masks), pissa. Rank 0 writes OUT/run.json: the engine really used, the masks the
 first LoRA layer drew on each rank, and, for the SVD inits, the A0, B0 the init gave
 (OUT/initial.safetensors). The CPU set-up below works around accelerate and transformers lines
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -28,11 +29,8 @@ from trl import SFTConfig, SFTTrainer
 from axolotl_droplora import DropLoRACallback, installed_rank_dropout
 
 engine, method, model_dir, out, lr = sys.argv[1:]
-DEEPSPEED = {
-    "zero_optimization": {"stage": 2 if engine == "zero2" else 3},
-    "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
-    "train_micro_batch_size_per_gpu": "auto", "gradient_clipping": "auto",
-}
+# the configs users get: the paper recipes' ZeRO-2 file, and the ZeRO-3 one for larger bases
+DEEPSPEED = Path(__file__).resolve().parents[1] / "examples" / "deepspeed" / f"{engine}.json"
 engine_args = {}
 if engine in ("zero2", "zero3"):
     # accelerate's state picks no process-group backend on CPU when DeepSpeed is on
@@ -41,7 +39,7 @@ if engine in ("zero2", "zero3"):
     # the Trainer use it (AcceleratorConfig.use_configured_state)
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     PartialState(backend="gloo")
-    engine_args = dict(deepspeed=DEEPSPEED, accelerator_config={"use_configured_state": True})
+    engine_args = dict(deepspeed=str(DEEPSPEED), accelerator_config={"use_configured_state": True})
 elif engine == "fsdp2":
     # accelerate turns FSDP on only for GPU-like distributed types (Accelerator.__init__ checks
     # `distributed_type not in (MULTI_GPU, MULTI_NPU, ...)`), and `use_cpu` silently gives DDP:
