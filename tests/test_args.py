@@ -112,8 +112,6 @@ def test_milora_is_a_value_of_peft_init_lora_weights_with_lora_or_droplora(tmp_p
     [
         ({"load_in_8bit": True, "adapter": "lora"},
          "`peft_init_lora_weights: milora` needs a full-precision base to take the SVD of and subtract from: remove `load_in_8bit`"),
-        ({"fsdp_config": {"fsdp_version": 2, "cpu_ram_efficient_loading": True}},
-         "`peft_init_lora_weights: milora` with `fsdp_config.cpu_ram_efficient_loading: true`: off rank 0"),
         ({"load_best_model_at_end": True},
          "`load_best_model_at_end` cannot be used with `peft_init_lora_weights: milora`: the Trainer would reload"),
     ],
@@ -165,3 +163,13 @@ def test_a_near_miss_of_an_svd_init_names_the_value_meant(tmp_path, demo_dir, va
 @pytest.mark.parametrize("value", ["gaussian", "olora", True, False])
 def test_other_inits_are_left_to_peft(tmp_path, demo_dir, value):
     assert load(tmp_path, demo_dir, peft_init_lora_weights=value).peft_init_lora_weights == value
+
+
+@pytest.mark.parametrize("init", ["milora", "pissa"])
+def test_svd_inits_with_fsdp_cpu_ram_efficient_loading_are_refused(init):
+    from axolotl_droplora.args import DropLoRAArgs
+
+    with pytest.raises(ValueError, match=f"`peft_init_lora_weights: {init}` with "
+                                         f"`fsdp_config.cpu_ram_efficient_loading: true`: off rank 0"):
+        DropLoRAArgs.model_validate({"adapter": "lora", "peft_init_lora_weights": init,
+                                     "fsdp_config": {"fsdp_version": 2, "cpu_ram_efficient_loading": True}})
