@@ -44,6 +44,11 @@ def _whole(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor  # FSDP2's DTensor
 
 
+def is_partitioned(tensor: torch.Tensor) -> bool:
+    """Partitioned by DeepSpeed ZeRO-3 (`ds_id`) or sharded by FSDP2 (a DTensor)."""
+    return hasattr(tensor, "ds_id") or hasattr(tensor, "full_tensor")
+
+
 def to_original_base(state: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The adapter file's tensors with A' = [A; A0] and B' = [B, −B0]."""
     converted = dict(state)

@@ -34,6 +34,7 @@ from .conversion import (
     convert_adapter_dir,
     fold_into_original_base,
     initial_adapter_of,
+    is_partitioned,
     snapshot_initial_adapter,
 )
 from .milora import init_milora
@@ -214,8 +215,7 @@ def _add_reference_adapter(model, initial: dict) -> None:
 
 def _is_partitioned(model) -> bool:
     """LoRA weights partitioned by DeepSpeed ZeRO-3 (`ds_id`) or sharded by FSDP2 (DTensor)."""
-    return any(hasattr(p, "ds_id") or hasattr(p, "full_tensor")
-               for name, p in model.named_parameters() if ".lora_" in name)
+    return any(is_partitioned(p) for name, p in model.named_parameters() if ".lora_" in name)
 
 
 def _convert_each_save(model, initial: dict) -> None:
