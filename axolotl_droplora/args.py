@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from .milora import META_WEIGHTS_REASON
 from .rank_dropout import check_rank_dropout_args
 
 ADAPTER = "droplora"
@@ -198,8 +199,7 @@ def _check_whole_weights(data: dict, init: str) -> None:
         # when FSDP wraps the model, after the init has run: they would have nothing to decompose
         raise ValueError(
             f"`peft_init_lora_weights: {init}` with `fsdp_config.cpu_ram_efficient_loading: true`: "
-            f"off rank 0 the base weights are empty (meta device) until FSDP wraps the model, "
-            f"after the SVD init. Set `cpu_ram_efficient_loading: false` in fsdp_config."
+            f"{META_WEIGHTS_REASON}. Set `cpu_ram_efficient_loading: false` in fsdp_config."
         )
 
 
@@ -207,6 +207,17 @@ def _check_converted_saves(data: dict) -> None:
     init = data.get("peft_init_lora_weights")
     if data.get("svd_init_save_base") == "residual":
         return
+    fsdp = data.get("fsdp_config") or {}
+    state_dict_type = str(fsdp.get("state_dict_type") or fsdp.get("fsdp_state_dict_type") or "")
+    if (data.get("fsdp") or data.get("fsdp_version") or fsdp) and state_dict_type != "FULL_STATE_DICT":
+        # FSDP's sharded state dicts (FSDP2's default) write each checkpoint as per-rank DCP
+        # shards, with no adapter file to convert: the first checkpoint would fail
+        raise ValueError(
+            f"`peft_init_lora_weights: {init}` under FSDP needs `fsdp_config.state_dict_type: "
+            f"FULL_STATE_DICT` (got {state_dict_type or 'the default, SHARDED_STATE_DICT'}): sharded "
+            f"checkpoints hold no adapter file that can be converted for the original base. Set "
+            f"`state_dict_type: FULL_STATE_DICT` in fsdp_config, or `svd_init_save_base: residual`."
+        )
     for key in ("load_in_4bit", "load_in_8bit"):
         if data.get(key):
             raise ValueError(

@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from peft import get_peft_model_state_dict
-from peft.utils.integrations import gather_params_ctx
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
@@ -34,10 +34,32 @@ def snapshot_initial_adapter(model, adapter_name: str = "default") -> dict[str, 
     DTensors are assembled (`full_tensor`, a collective: every rank must call this).
     """
     lora = [p for name, p in model.named_parameters() if f".{adapter_name}." in name and ".lora_" in name]
-    with gather_params_ctx(lora, modifier_rank=None):  # read only
+    with gathered(lora, modifier_rank=None):  # read only
         state = get_peft_model_state_dict(model, adapter_name=adapter_name)
         return {key: _whole(value).detach().to("cpu", copy=True) for key, value in state.items()
                 if ".lora_" in key}
+
+
+@contextmanager
+def gathered(params, modifier_rank: int | None):
+    """DeepSpeed ZeRO-3-partitioned parameters among `params` gathered whole for the block (as
+    `deepspeed.zero.GatheredParameters`: with `modifier_rank`, that rank's writes are partitioned
+    again); a no-op for any other parameter.
+
+    Not PEFT's `gather_params_ctx`: it gathers only if transformers' `is_deepspeed_zero3_enabled()`
+    says so, and that reads a weak reference to the DeepSpeed config that only a live
+    TrainingArguments keeps. Axolotl loads the model partitioned (zero.Init) before any exists,
+    so during its model-load hooks the answer is False and nothing would be gathered: whether
+    to gather is asked of the parameters themselves.
+    """
+    params = [p for p in params if hasattr(p, "ds_id")]
+    if not params:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
+        yield
 
 
 def _whole(tensor: torch.Tensor) -> torch.Tensor:

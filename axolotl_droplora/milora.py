@@ -28,11 +28,16 @@ from collections import defaultdict
 import scipy.linalg
 import torch
 from peft.tuners.lora import LoraLayer
-from peft.utils.integrations import gather_params_ctx
 from tqdm.auto import tqdm
+
+from .conversion import gathered
 
 LOG = logging.getLogger(__name__)
 BATCH_BYTES = 1 << 30  # stack at most this many bytes of float64 Gram matrices at once
+# why an SVD init cannot run with FSDP's cpu_ram_efficient_loading (the plugin's config check,
+# the callback's check of TrainingArguments, and the init itself say it)
+META_WEIGHTS_REASON = ("off rank 0 the base weights are empty (meta device) until FSDP wraps the model, "
+                       "after the SVD init")
 
 
 def _target_layers(model: torch.nn.Module, adapter_name: str) -> list[tuple[str, LoraLayer]]:
@@ -57,9 +62,8 @@ def _target_layers(model: torch.nn.Module, adapter_name: str) -> list[tuple[str,
         if base.weight.is_meta:
             raise ValueError(
                 f"MiLoRA needs the base weights' values on every process, but {name}'s weight is on "
-                f"the meta device (fsdp_cpu_ram_efficient_loading loads the weights on rank 0 only "
-                f"and sends them out when FSDP wraps the model, after the init): turn "
-                f"fsdp_cpu_ram_efficient_loading off for an SVD init"
+                f"the meta device (with fsdp cpu_ram_efficient_loading, {META_WEIGHTS_REASON}): turn "
+                f"cpu_ram_efficient_loading off in fsdp_config for an SVD init"
             )
         shape = full_shape(base.weight)
         if len(shape) != 2 or min(shape) == 0:
@@ -82,7 +86,8 @@ def init_milora(model: torch.nn.Module, adapter_name: str = "default") -> int:
     """Re-initialise every LoRA layer of `model` with MiLoRA, in place. Returns the layer count.
 
     Under DeepSpeed ZeRO-3 each rank holds only a partition of every weight: the layers are
-    gathered a few at a time (PEFT's `gather_params_ctx`, as PEFT does around its PiSSA init),
+    gathered a few at a time (conversion.gathered: PEFT's gather_params_ctx, which PEFT puts around
+    its PiSSA init, gathers nothing inside Axolotl's model-load hooks),
     every rank decomposes the same full weights, and rank 0's W_p, A, B are what is partitioned
     again, so all ranks end with the init a single process computes.
     """
@@ -94,11 +99,11 @@ def init_milora(model: torch.nn.Module, adapter_name: str = "default") -> int:
     with tqdm(total=len(layers), desc="MiLoRA init", unit="layer") as progress:
         for rank, group in by_rank.items():
             for chunk in _gather_chunks(group):
-                with gather_params_ctx(_init_params(chunk, adapter_name), modifier_rank=0):
+                with gathered(_init_params(chunk, adapter_name), modifier_rank=0):
                     weights = [layer.get_base_layer().weight for layer in chunk]
                     for layer, triplet in zip(chunk, minor_components(weights, rank, progress.update)):
                         _set_minor_components(layer, adapter_name, *triplet)
-    LOG.info(f"MiLoRA: initialised {len(layers)} layers in {time.perf_counter() - start:.1f} s")
+    LOG.info(f"MiLoRA: initialised {len(layers)} layers in {time.perf_counter() - start:.2f} s")
     return len(layers)
 
 

@@ -13,7 +13,7 @@ from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 from axolotl.utils.dict import DictDefault
 from axolotl.utils.logging import get_logger
 
-from .args import ADAPTER, MILORA, asks_for_rank_dropout
+from .args import ADAPTER, MILORA, asks_for_rank_dropout, svd_init
 from .model_card import Method, attach_to_trainer
 from .trainer_callback import DropLoRACallback
 
@@ -44,6 +44,7 @@ class DropLoRAPlugin(BasePlugin):
     def __init__(self):
         super().__init__()
         self.callback: DropLoRACallback | None = None
+        self._zero3_config = None
 
     def register(self, cfg: dict):
         # Axolotl prints INFO only from loggers it set a level on; the callback's logger is a
@@ -69,6 +70,19 @@ class DropLoRAPlugin(BasePlugin):
                 "packed row, shared by every sequence packed into it"
             )
 
+    def pre_lora_load(self, cfg: DictDefault, model):
+        # transformers knows ZeRO-3 is on only while a DeepSpeed config object is alive (it keeps
+        # a weak reference), and Axolotl keeps one only while from_pretrained runs (a local in
+        # its model loader). PEFT builds the LoRA model after that, so its SVD inits (PiSSA)
+        # would see ZeRO-3 as off, skip their gather (gather_params_ctx) and decompose the empty
+        # partitions. A live config until the trainer's arguments hold theirs is how
+        # transformers asks code outside the Trainer to use ZeRO-3 (HfDeepSpeedConfig).
+        if svd_init(cfg) and cfg.deepspeed:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            config = HfDeepSpeedConfig(cfg.deepspeed)
+            self._zero3_config = config if config.is_zero3() else None
+
     def post_model_load(self, cfg: DictDefault, model):
         if cfg.inference or cfg.merge_lora:
             return  # a trained adapter is loaded: plain LoRA, nothing to add
@@ -85,6 +99,7 @@ class DropLoRAPlugin(BasePlugin):
                      f"TRL's trainer; the plugin's callback prepares it when training starts")
 
     def post_trainer_create(self, cfg: DictDefault, trainer):
+        self._zero3_config = None  # the trainer's arguments hold their own now
         # Axolotl writes the final README.md (and push_to_hub the pushed one) with the trainer's
         # create_model_card; TRL's trainers (rl: dpo…) write theirs without PEFT's card, so the
         # section is added after it, whichever trainer it is

@@ -37,7 +37,7 @@ from .conversion import (
     is_partitioned,
     snapshot_initial_adapter,
 )
-from .milora import init_milora
+from .milora import META_WEIGHTS_REASON, init_milora
 from .model_card import Card, Method, attach
 from .rank_dropout import check_rank_dropout_args, install_rank_dropout
 
@@ -114,16 +114,31 @@ class DropLoRACallback(TrainerCallback):
                       "milora" if self.milora else init, self.save_base)
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
+        self._check_weights_are_loaded(args, model)
         self.prepare(model)
         self._check(args)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._check_weights_are_loaded(args, model)
         self.prepare(model)
         self._check(args)
         if state.global_step == 0:
             self._check_init_survived(model)
         else:  # resumed: the Trainer loaded the residual adapter kept in the checkpoint
             self._check_same_init_as(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    def _check_weights_are_loaded(self, args, model) -> None:
+        """Refuse an SVD init that would read empty weights, on every rank alike (the init
+        itself would fail only off rank 0, and leave rank 0 waiting)."""
+        if self._prepared or not (self.milora or _is_pissa(model)):
+            return
+        fsdp = getattr(args, "fsdp_config", None) or {}
+        if fsdp.get("cpu_ram_efficient_loading") or fsdp.get("fsdp_cpu_ram_efficient_loading"):
+            init = "MiLoRA" if self.milora else "PiSSA"
+            raise ValueError(
+                f"{init} with fsdp_config['cpu_ram_efficient_loading'] = True: {META_WEIGHTS_REASON}. "
+                f"Set it to False in fsdp_config for an SVD init."
+            )
 
     def _check(self, args) -> None:
         if self.initial_adapter is not None and args.load_best_model_at_end:
@@ -219,17 +234,23 @@ def _is_partitioned(model) -> bool:
 
 
 def _convert_each_save(model, initial: dict) -> None:
-    """Make `model.save_pretrained` (what the Trainer's save_model calls on the main process,
-    with the engine's gathered state dict) write the adapter converted for the original base."""
-    save_residual = model.save_pretrained
+    """Make every later save of the adapter write it converted for the original base.
+
+    Hooked on the adapter's config, not on `model.save_pretrained`: whoever writes an adapter
+    folder writes the weights, then the config with `peft_config[name].save_pretrained`, on the
+    main process only. That is PEFT's `save_pretrained` (what the Trainer's save_model calls, with
+    the engine's gathered state dict), and also Axolotl 0.21's final save under FSDP2
+    (`save_fsdp2_lora_adapter`), which gathers the LoRA tensors and writes the files itself,
+    never calling the model's save_pretrained.
+    """
+    config = model.peft_config[ACTIVE_ADAPTER]
+    save_config = config.save_pretrained
 
     def save_pretrained(save_directory, *args, **kwargs):
-        save_residual(save_directory, *args, **kwargs)
-        selected = kwargs.get("selected_adapters") or [ACTIVE_ADAPTER]
-        if kwargs.get("is_main_process", True) and ACTIVE_ADAPTER in selected:
-            convert_adapter_dir(save_directory, initial)
+        save_config(save_directory, *args, **kwargs)
+        convert_adapter_dir(save_directory, initial)
 
-    model.save_pretrained = save_pretrained
+    config.save_pretrained = save_pretrained
 
 
 def _is_pissa(model) -> bool:

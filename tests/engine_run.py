@@ -1,10 +1,12 @@
 """One 2-process training run under an engine, through TRL's SFTTrainer + DropLoRACallback.
 
-    python -m torch.distributed.run --nproc_per_node 2 engine_run.py ENGINE METHOD MODEL_DIR OUT LR
+    python -m torch.distributed.run --nproc_per_node 2 engine_run.py ENGINE METHOD MODEL_DIR OUT LR [RESUME]
 
-ENGINE: ddp, zero2, zero3 (examples/deepspeed/ENGINE.json), fsdp2. METHOD: droplora-element, droplora-batch, milora (+ DropLoRA
-p = 0.5, batch masks), pissa. Rank 0 writes OUT/run.json: the engine really used, the masks the
-first LoRA layer drew on each rank, and, for the SVD inits, the A0, B0 the init gave
+ENGINE: ddp, zero2, zero3 (examples/deepspeed/ENGINE.json), fsdp2. METHOD: droplora-element,
+droplora-batch, milora (+ DropLoRA p = 0.5, batch masks), pissa. RESUME: a checkpoint folder to
+resume from. Rank 0 writes OUT/run.json: the engine really used, the masks the first LoRA layer
+drew on each rank, the step losses, each rank's bytes of parameters and optimizer state it holds
+after training, and MiLoRA's init time; for the SVD inits also the A0, B0 the init gave
 (OUT/initial.safetensors). The CPU set-up below works around accelerate and transformers lines
 that assume a GPU; none of it is in the package, and none is needed on GPUs.
 """
@@ -12,7 +14,9 @@ that assume a GPU; none of it is in the package, and none is needed on GPUs.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -23,12 +27,66 @@ from accelerate.utils import DistributedType
 from datasets import Dataset
 from peft import LoraConfig
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from axolotl_droplora import DropLoRACallback, installed_rank_dropout
 
-engine, method, model_dir, out, lr = sys.argv[1:]
+engine, method, model_dir, out, lr, *resume = sys.argv[1:]
+LORA_R = int(os.environ.get("ENGINE_RUN_LORA_R", 4))  # bench/bench_engines.py sets a larger one
+
+
+class InitTime(logging.Handler):
+    """MiLoRA's init time, from the line init_milora logs."""
+
+    seconds = None
+
+    def emit(self, record):
+        found = re.search(r"MiLoRA: initialised \d+ layers in ([0-9.]+) s", record.getMessage())
+        if found:
+            InitTime.seconds = float(found.group(1))
+
+
+logging.getLogger("axolotl_droplora").setLevel(logging.INFO)
+logging.getLogger("axolotl_droplora").addHandler(InitTime())
+
+
+def held_bytes(tensor) -> int:
+    """Bytes of `tensor` this rank holds: ZeRO-3's partition (and the whole of a parameter it
+    keeps unpartitioned, `ds_persist`), FSDP2's local shard, or the tensor."""
+    if hasattr(tensor, "ds_tensor"):
+        whole = tensor.ds_numel * tensor.element_size() if getattr(tensor, "ds_persist", False) else 0
+        return whole + tensor.ds_tensor.numel() * tensor.ds_tensor.element_size()
+    if hasattr(tensor, "to_local"):
+        tensor = tensor.to_local()
+    return tensor.numel() * tensor.element_size()
+
+
+def memory_held(model, optimizer) -> dict:
+    """This rank's bytes of frozen and trainable parameters, and of optimizer state: the moments
+    plus any master copies of the trainable weights the optimizer steps (DeepSpeed's fp32
+    partitions), found on the innermost torch optimizer."""
+    while hasattr(optimizer, "optimizer"):  # accelerate's and DeepSpeed's wrappers
+        optimizer = optimizer.optimizer
+    params = list(model.parameters())
+    model_tensors = {id(p) for p in params}
+    state = sum(held_bytes(value) for per_param in optimizer.state.values()
+                for value in per_param.values() if torch.is_tensor(value))
+    masters = sum(held_bytes(p) for group in optimizer.param_groups for p in group["params"]
+                  if id(p) not in model_tensors)
+    return {"frozen": sum(held_bytes(p) for p in params if not p.requires_grad),
+            "trainable": sum(held_bytes(p) for p in params if p.requires_grad),
+            "optimizer": state + masters}
+
+
+class MemoryAfterEachStep(TrainerCallback):
+    """memory_held after each optimizer step: the last is what training held, before a
+    MiLoRA/PiSSA run's end-of-training fold doubles the adapter (DDP, ZeRO-2)."""
+
+    held = None
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.held = memory_held(model, optimizer)
 # the configs users get: the paper recipes' ZeRO-2 file, and the ZeRO-3 one for larger bases
 DEEPSPEED = Path(__file__).resolve().parents[1] / "examples" / "deepspeed" / f"{engine}.json"
 engine_args = {}
@@ -68,9 +126,10 @@ callback = DropLoRACallback(rank_dropout=None if method == "pissa" else 0.5, mas
                             milora=method == "milora")
 trainer = SFTTrainer(
     model=model, processing_class=AutoTokenizer.from_pretrained(model_dir), args=args, train_dataset=data,
-    peft_config=LoraConfig(r=4, lora_alpha=4, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
+    peft_config=LoraConfig(r=LORA_R, lora_alpha=LORA_R, lora_dropout=0.0,
+                           target_modules=["q_proj", "v_proj", "down_proj"],
                            init_lora_weights="pissa" if method == "pissa" else True),
-    callbacks=[callback],
+    callbacks=[callback, step_memory := MemoryAfterEachStep()],
 )
 initial = callback.initial_adapter
 masks = []
@@ -78,10 +137,11 @@ if callback.rank_dropout is not None:
     first_layer = next(iter(installed_rank_dropout(trainer.model).values()))
     first_layer.register_forward_hook(
         lambda module, inputs, output: masks.append((output == 0).flatten()[:128].tolist()) if module.training else None)
-trainer.train()
+trainer.train(resume_from_checkpoint=resume[0] if resume else None)
 trainer.save_model()
-gathered = [None] * dist.get_world_size()
+gathered, memory = [None] * dist.get_world_size(), [None] * dist.get_world_size()
 dist.all_gather_object(gathered, masks)
+dist.all_gather_object(memory, step_memory.held)
 if dist.get_rank() == 0:
     wrapped = trainer.model_wrapped
     used = {"deepspeed": getattr(trainer, "is_deepspeed_enabled", False) and trainer.deepspeed is not None,
@@ -91,7 +151,8 @@ if dist.get_rank() == 0:
             "wrapper": type(wrapped).__name__}
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     with open(f"{out}/run.json", "w") as f:
-        json.dump({"world": dist.get_world_size(), "used": used, "masks": gathered, "losses": losses}, f)
+        json.dump({"world": dist.get_world_size(), "used": used, "masks": gathered, "losses": losses,
+                   "memory": memory, "init_seconds": InitTime.seconds}, f)
     if initial is not None:
         save_file({k: v.contiguous() for k, v in initial.items()}, f"{out}/initial.safetensors")
 dist.barrier()

@@ -173,3 +173,23 @@ def test_svd_inits_with_fsdp_cpu_ram_efficient_loading_are_refused(init):
                                          f"`fsdp_config.cpu_ram_efficient_loading: true`: off rank 0"):
         DropLoRAArgs.model_validate({"adapter": "lora", "peft_init_lora_weights": init,
                                      "fsdp_config": {"fsdp_version": 2, "cpu_ram_efficient_loading": True}})
+
+
+@pytest.mark.parametrize("state_dict_type", [None, "SHARDED_STATE_DICT"])
+@pytest.mark.parametrize("init", ["milora", "pissa"])
+def test_svd_inits_under_fsdp_with_sharded_checkpoints_are_refused(init, state_dict_type):
+    """Sharded checkpoints (FSDP2's default) hold DCP shards and no adapter file to convert:
+    measured through Axolotl's CLI, the first checkpoint failed in the conversion."""
+    from axolotl_droplora.args import DropLoRAArgs
+
+    fsdp_config = {"auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}
+    if state_dict_type:
+        fsdp_config["state_dict_type"] = state_dict_type
+    recipe = {"adapter": "lora", "peft_init_lora_weights": init, "fsdp_version": 2, "fsdp_config": fsdp_config}
+    expected = (f"`peft_init_lora_weights: {init}` under FSDP needs `fsdp_config.state_dict_type: FULL_STATE_DICT` "
+                f"\\(got {state_dict_type or 'the default'}")
+    with pytest.raises(ValueError, match=expected):
+        DropLoRAArgs.model_validate(recipe)
+    # what the message offers works: full state dicts, or residual saves (nothing converted)
+    DropLoRAArgs.model_validate({**recipe, "fsdp_config": {**fsdp_config, "state_dict_type": "FULL_STATE_DICT"}})
+    DropLoRAArgs.model_validate({**recipe, "svd_init_save_base": "residual"})

@@ -86,5 +86,5 @@ def test_meta_device_weights_are_refused_naming_fsdp_cpu_ram_efficient_loading()
     model = tiny_lora_model()
     layer = model.base_model.model.model.layers[1].mlp.down_proj
     layer.get_base_layer().weight = torch.nn.Parameter(torch.empty(32, 64, device="meta"))
-    with pytest.raises(ValueError, match="is on the meta device .*turn fsdp_cpu_ram_efficient_loading off"):
+    with pytest.raises(ValueError, match="is on the meta device .*turn cpu_ram_efficient_loading off in fsdp_config"):
         init_milora(model)

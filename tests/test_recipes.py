@@ -46,21 +46,75 @@ def test_every_recipe_passes_axolotls_config_validation_with_the_plugin(path, tm
     assert path.read_text().startswith(f"# {method} on {recipes.MODELS[model]}, {task} task")
 
 
-@pytest.mark.parametrize("name, offload", [("zero2", False), ("zero2_offload", True)])
-def test_zero2_files_are_valid_deepspeed_configs(name, offload):
+@pytest.mark.parametrize("name, stage, offload", [
+    ("zero2", 2, False), ("zero2_offload", 2, True), ("zero3", 3, False), ("zero3_offload", 3, True),
+])
+def test_deepspeed_files_are_valid_deepspeed_configs(name, stage, offload):
+    from types import SimpleNamespace
+
     from deepspeed.runtime.config import DeepSpeedConfig
     from transformers import TrainingArguments
-    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, unset_hf_deepspeed_config
 
     hf_config = HfTrainerDeepSpeedConfig(str(ROOT / "examples" / "deepspeed" / f"{name}.json"))
-    # fill the "auto" values the way the Trainer does for a real run
-    hf_config.trainer_config_process(TrainingArguments(
-        output_dir="unused", per_device_train_batch_size=16, gradient_accumulation_steps=2,
-        use_cpu=True, report_to=[]))
-    parsed = DeepSpeedConfig(hf_config.config)
-    assert parsed.zero_optimization_stage == 2
+    try:
+        # fill the "auto" values the way the Trainer does for a real run (ZeRO-3's bucket sizes
+        # from the model's hidden size: Llama-3-8B's 4096)
+        args = TrainingArguments(output_dir="unused", per_device_train_batch_size=16, gradient_accumulation_steps=2,
+                                 use_cpu=True, report_to=[])
+        hf_config.trainer_config_process(args)
+        hf_config.trainer_config_finalize(args, SimpleNamespace(config=SimpleNamespace(hidden_size=4096)), 100)
+        assert "auto" not in json.dumps(hf_config.config)
+        parsed = DeepSpeedConfig(hf_config.config)
+    finally:
+        # the config registers itself as transformers' global DeepSpeed config: a ZeRO-3 one left
+        # behind would make every later from_pretrained in this process partition its weights
+        unset_hf_deepspeed_config()
+    assert parsed.zero_optimization_stage == stage
     assert (parsed.zero_config.offload_optimizer is not None) == offload
     assert (parsed.train_micro_batch_size_per_gpu, parsed.gradient_accumulation_steps) == (16, 2)
+    if stage == 3:
+        assert (parsed.zero_config.offload_param is not None) == offload
+        # the final save gathers the whole adapter, not each rank's partition
+        assert parsed.zero_config.gather_16bit_weights_on_model_save
+
+
+FSDP2_RECIPES = sorted((ROOT / "examples" / "fsdp2").glob("*.yml"))
+# what an FSDP2 recipe changes in the paper recipe it starts from: the engine, and DropLoRA on top
+FSDP2_CHANGES = {"adapter", "droplora_rank_dropout", "deepspeed", "fsdp_version", "fsdp_config", "output_dir"}
+
+
+@pytest.mark.parametrize("path", FSDP2_RECIPES, ids=lambda p: p.stem)
+def test_fsdp2_recipe_passes_axolotls_config_validation_and_is_the_paper_recipe_sharded(path, tmp_path, monkeypatch):
+    from axolotl.utils.config import prepare_plugins, validate_config
+    from axolotl.utils.dict import DictDefault
+
+    monkeypatch.chdir(tmp_path)  # validation writes debug.log into the recipe's relative output_dir
+    raw = yaml.safe_load(path.read_text())
+    prepare_plugins(DictDefault(raw))
+    cfg = validate_config(DictDefault(raw))
+    assert cfg.fsdp_version == 2 and not cfg.deepspeed
+    fsdp = cfg.fsdp_config
+    assert fsdp.auto_wrap_policy == "TRANSFORMER_BASED_WRAP"
+    assert fsdp.transformer_layer_cls_to_wrap == "LlamaDecoderLayer"
+    assert fsdp.reshard_after_forward is True and fsdp.cpu_ram_efficient_loading is False
+    assert fsdp.state_dict_type == "FULL_STATE_DICT"  # checkpoints hold an adapter file to convert
+    assert (cfg.adapter, cfg.peft_init_lora_weights, cfg.droplora_rank_dropout) == ("droplora", "milora", 0.3)
+    assert cfg.micro_batch_size * cfg.gradient_accumulation_steps * recipes.GPUS == 128
+
+    task, model, _ = path.stem.split("-", 2)
+    paper = yaml.safe_load((ROOT / "examples" / "yml" / f"{task}-{model}-milora.yml").read_text())
+    assert {key: value for key, value in raw.items() if key not in FSDP2_CHANGES} == \
+        {key: value for key, value in paper.items() if key not in FSDP2_CHANGES}
+
+    # the comment's reason for cpu_ram_efficient_loading: false is what the plugin enforces
+    raw["fsdp_config"]["cpu_ram_efficient_loading"] = True
+    with pytest.raises(ValueError, match="cpu_ram_efficient_loading: true`: off rank 0 the base weights are empty"):
+        validate_config(DictDefault(raw))
+
+
+def test_there_is_an_fsdp2_recipe():
+    assert [path.name for path in FSDP2_RECIPES] == ["math-llama3_8b-milora-droplora.yml"]
 
 
 # one recipe per data format, swapped onto the tiny model and a few local rows in that format

@@ -217,7 +217,7 @@ def test_two_processes_share_masks_and_save_one_converted_adapter(demo_dir, tmp_
     several processes on CPU: README says why)."""
     (tmp_path / "train.py").write_text(TWO_PROCESS_SFT)
     out = tmp_path / "out"
-    done = run_cli([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py",
+    done = run_cli([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
                     str(demo_dir / "model"), str(out), mask_mode], cwd=tmp_path)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     ranks = [json.loads((out / f"masks-{rank}.json").read_text()) for rank in (0, 1)]
@@ -248,3 +248,25 @@ def test_gradient_checkpointing_recomputes_each_step_with_that_steps_mask(demo_d
     assert len(masks) == 8  # 4 steps, each forward run again in the backward pass
     assert all(masks[2 * step] == masks[2 * step + 1] for step in range(4))
     assert len(set(masks)) == 4
+
+
+@pytest.mark.parametrize("milora", [True, False], ids=["milora", "pissa"])
+def test_svd_init_with_fsdp_cpu_ram_efficient_loading_is_refused_before_the_init_on_every_rank(tmp_path, milora):
+    """What the Trainer hands the callback at the end of its __init__: the arguments that ask for
+    weights on rank 0 only, and (on every rank but 0) a model whose weights are on meta."""
+    from peft import get_peft_model
+    from transformers import TrainingArguments
+
+    from conftest import tiny_base_model
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], fsdp=True,
+                             fsdp_config={"fsdp_version": 2, "cpu_ram_efficient_loading": True})
+    model = get_peft_model(tiny_base_model(), LoraConfig(r=4, target_modules=["q_proj"],
+                                                         init_lora_weights=True if milora else "pissa"))
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    callback = DropLoRACallback(rank_dropout=0.3, milora=milora)
+    with pytest.raises(ValueError, match=rf"{'MiLoRA' if milora else 'PiSSA'} with fsdp_config\['cpu_ram_efficient_"
+                                         r"loading'\] = True: off rank 0 the base weights are empty"):
+        callback.on_init_end(args, None, None, model=model)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # nothing ran
+    assert callback.initial_adapter is None
