@@ -86,10 +86,11 @@ def init_milora(model: torch.nn.Module, adapter_name: str = "default") -> int:
     """Re-initialise every LoRA layer of `model` with MiLoRA, in place. Returns the layer count.
 
     Under DeepSpeed ZeRO-3 each rank holds only a partition of every weight: the layers are
-    gathered a few at a time (conversion.gathered: PEFT's gather_params_ctx, which PEFT puts around
-    its PiSSA init, gathers nothing inside Axolotl's model-load hooks),
-    every rank decomposes the same full weights, and rank 0's W_p, A, B are what is partitioned
-    again, so all ranks end with the init a single process computes.
+    gathered a few at a time (`conversion.gathered`, DeepSpeed's GatheredParameters, decided by
+    the parameters themselves: PEFT's gather_params_ctx, which PEFT puts around its PiSSA init,
+    gathers nothing inside Axolotl's model-load hooks), every rank decomposes the same full
+    weights, and rank 0's W_p, A, B are what is partitioned again, so all ranks end with the init
+    a single process computes.
     """
     layers = [layer for _, layer in _target_layers(model, adapter_name)]
     by_rank = defaultdict(list)  # ranks differ between layers with lora_rank_pattern
