@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from .milora import META_WEIGHTS_REASON
+from .milora import META_WEIGHTS_REASON, loads_weights_on_rank_0_only
 from .rank_dropout import check_rank_dropout_args
 
 ADAPTER = "droplora"
@@ -193,8 +193,7 @@ def _check_milora(data: dict) -> None:
 
 
 def _check_whole_weights(data: dict, init: str) -> None:
-    fsdp = data.get("fsdp_config") or {}
-    if fsdp.get("cpu_ram_efficient_loading") or fsdp.get("fsdp_cpu_ram_efficient_loading"):
+    if loads_weights_on_rank_0_only(data.get("fsdp_config")):
         # the other ranks load the base on the meta device and receive rank 0's weights only
         # when FSDP wraps the model, after the init has run: they would have nothing to decompose
         raise ValueError(

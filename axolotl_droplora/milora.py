@@ -40,6 +40,13 @@ META_WEIGHTS_REASON = ("off rank 0 the base weights are empty (meta device) unti
                        "after the SVD init")
 
 
+def loads_weights_on_rank_0_only(fsdp_config: dict | None) -> bool:
+    """FSDP's cpu_ram_efficient_loading (as Axolotl or TrainingArguments spell it): the base
+    weights are real on rank 0 only until FSDP wraps the model (META_WEIGHTS_REASON)."""
+    fsdp_config = fsdp_config or {}
+    return bool(fsdp_config.get("cpu_ram_efficient_loading") or fsdp_config.get("fsdp_cpu_ram_efficient_loading"))
+
+
 def _target_layers(model: torch.nn.Module, adapter_name: str) -> list[tuple[str, LoraLayer]]:
     layers = [
         (name, module) for name, module in model.named_modules()

@@ -37,7 +37,7 @@ from .conversion import (
     is_partitioned,
     snapshot_initial_adapter,
 )
-from .milora import META_WEIGHTS_REASON, init_milora
+from .milora import META_WEIGHTS_REASON, init_milora, loads_weights_on_rank_0_only
 from .model_card import Card, Method, attach
 from .rank_dropout import check_rank_dropout_args, install_rank_dropout
 
@@ -132,8 +132,7 @@ class DropLoRACallback(TrainerCallback):
         itself would fail only off rank 0, and leave rank 0 waiting)."""
         if self._prepared or not (self.milora or _is_pissa(model)):
             return
-        fsdp = getattr(args, "fsdp_config", None) or {}
-        if fsdp.get("cpu_ram_efficient_loading") or fsdp.get("fsdp_cpu_ram_efficient_loading"):
+        if loads_weights_on_rank_0_only(getattr(args, "fsdp_config", None)):
             init = "MiLoRA" if self.milora else "PiSSA"
             raise ValueError(
                 f"{init} with fsdp_config['cpu_ram_efficient_loading'] = True: {META_WEIGHTS_REASON}. "

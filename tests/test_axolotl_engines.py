@@ -24,12 +24,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from axolotl_droplora.conversion import initial_adapter_of, snapshot_initial_adapter
-from axolotl_droplora.milora import init_milora
+from axolotl_droplora.conversion import initial_adapter_of
 from conftest import run_cli
+from test_engines import single_process_init
 from test_plugin import LAYERS_LOG, write_recipe
 from test_trainer_callback import vanilla_peft_logits
 
@@ -79,16 +78,6 @@ EXPECTED_ENGINE = {
 }
 
 
-def single_process_init(model_dir: Path, method: str) -> dict[str, torch.Tensor]:
-    """A0, B0 of the SVD init on the whole weights, in one process, with the recipe's LoRA settings."""
-    config = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules=LORA_TARGETS,
-                        init_lora_weights="pissa" if method == "pissa" else True)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config)
-    if method == "milora":
-        init_milora(model)
-    return snapshot_initial_adapter(model)
-
-
 @pytest.mark.parametrize("engine, method", CELLS, ids=[f"{e}-{m}" for e, m in CELLS])
 def test_axolotl_cli_trains_two_processes_under_the_engine_and_saves_an_adapter_for_the_original_base(
         tmp_path, demo_dir, engine, method):
@@ -132,7 +121,8 @@ def test_axolotl_cli_trains_two_processes_under_the_engine_and_saves_an_adapter_
 
     # MiLoRA and PiSSA save B·A − B0·A0 as a rank-2r LoRA for the original base: the checkpoint
     # the Trainer wrote, and the final save Axolotl writes after training (its own code per engine)
-    reference = single_process_init(demo_dir / "model", method)
+    reference = single_process_init(demo_dir / "model", method, r=16, lora_alpha=16, lora_dropout=0.05,
+                                    target_modules=LORA_TARGETS)  # the recipe's LoRA settings
     for adapter_dir in (out / f"checkpoint-{STEPS}", out):
         adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
         assert (adapter_config["peft_type"], adapter_config["r"]) == ("LORA", 32), adapter_dir

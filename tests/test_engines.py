@@ -45,10 +45,12 @@ def run_engine(engine, method, model_dir, out, lr, *resume, cwd):
     return json.loads((out / "run.json").read_text())
 
 
-def single_process_init(model_dir, method):
-    """A0, B0 of the same init in one process, on the whole weights."""
+def single_process_init(model_dir, method, **lora):
+    """A0, B0 of the same init (`milora` or `pissa`) in one process, on the whole weights, with
+    the LoRA settings `lora` (engine_run.py's by default)."""
     init = "pissa" if method == "pissa" else True
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), LoraConfig(init_lora_weights=init, **LORA))
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                           LoraConfig(init_lora_weights=init, **(lora or LORA)))
     if method == "milora":
         init_milora(model)
     return snapshot_initial_adapter(model)
