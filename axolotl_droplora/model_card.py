@@ -25,7 +25,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .conversion import doubled_rank_config
+from .method.conversion import doubled_rank_config
+from .method.lora_layers import scaling, scaling_rule
 
 DROPLORA_PAPER = "https://arxiv.org/abs/2508.17337"
 MILORA_PAPER = "https://arxiv.org/abs/2406.09044"
@@ -178,7 +179,7 @@ class Card:
                 f"  - mask mode `{method.mask_mode}`{default['droplora_mask_mode']}: "
                 f"{MASK_MEANINGS[method.mask_mode]}",
                 f"  - rescale {str(method.rescale).lower()}{default['droplora_rescale']}: kept channels ×"
-                + (f" 1/(1−p) in training" if method.rescale else " 1 (the train-time update is (1−p) "
+                + (" 1/(1−p) in training" if method.rescale else " 1 (the train-time update is (1−p) "
                                                                  "times smaller in expectation)"),
                 "  - training only: at inference this is an ordinary LoRA, and the saved adapter is a plain "
                 "PEFT LoRA (`peft_type: LORA`)",
@@ -199,12 +200,12 @@ class Card:
             else:
                 lines.append(f"  - **saved as trained** (`svd_init_save_base: residual`): valid ONLY on the "
                              f"residual base W_p, not on {self.base_model}; rebuild W_p before loading it")
-        scaling = "α/√r" if trained.get("use_rslora") else "α/r"
-        value = trained["lora_alpha"] / (trained["r"] ** 0.5 if trained.get("use_rslora") else trained["r"])
+        rule = scaling_rule(trained.get("use_rslora", False))
+        value = scaling(trained["lora_alpha"], trained["r"], trained.get("use_rslora", False))
         targets = trained.get("target_modules")
         targets = ", ".join(sorted(targets)) if isinstance(targets, list) else targets
         lines.append(f"- LoRA r = {trained['r']}, lora_alpha = {_number(trained['lora_alpha'])}, scaling "
-                     f"{scaling} = {_number(value)}, lora_dropout = {trained.get('lora_dropout', 0.0)}, targets: "
+                     f"{rule} = {_number(value)}, lora_dropout = {trained.get('lora_dropout', 0.0)}, targets: "
                      f"{targets}" + ("; DoRA (`use_dora`)" if trained.get("use_dora") else ""))
         lines.append(f"- saved adapter: rank {saved['r']}, on {self.base_model}"
                      + (" quantized to 4 bits (QLoRA)" if self.quantized else ""))

@@ -13,9 +13,11 @@ from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 from axolotl.utils.dict import DictDefault
 from axolotl.utils.logging import get_logger
 
+from .method.lora_layers import lora_layers
 from .args import ADAPTER, MILORA, asks_for_rank_dropout, svd_init
 from .model_card import Method, attach_to_trainer
 from .trainer_callback import DropLoRACallback
+from .args import SEQUENCE_MASK_WITH_PACKING
 
 LOG = get_logger(__name__)
 
@@ -65,10 +67,7 @@ class DropLoRAPlugin(BasePlugin):
 
     def pre_model_load(self, cfg: DictDefault):
         if asks_for_rank_dropout(cfg) and cfg.sample_packing and cfg.droplora_mask_mode == "sequence":
-            LOG.warning(
-                "droplora_mask_mode: sequence with sample_packing: true draws one mask per "
-                "packed row, shared by every sequence packed into it"
-            )
+            LOG.warning(SEQUENCE_MASK_WITH_PACKING)
 
     def pre_lora_load(self, cfg: DictDefault, model):
         # transformers knows ZeRO-3 is on only while a DeepSpeed config object is alive (it keeps
@@ -114,6 +113,4 @@ class DropLoRAPlugin(BasePlugin):
 
 
 def _has_lora(model) -> bool:
-    from peft.tuners.lora import LoraLayer
-
-    return any(isinstance(module, LoraLayer) for module in model.modules())
+    return next(lora_layers(model, adapter=None), None) is not None

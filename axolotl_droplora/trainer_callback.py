@@ -27,19 +27,19 @@ import logging
 import shutil
 from pathlib import Path
 
-from peft.tuners.lora import LoraLayer
 from transformers import TrainerCallback
 
-from .conversion import (
+from .method.conversion import (
     convert_adapter_dir,
     fold_into_original_base,
     initial_adapter_of,
     is_partitioned,
     snapshot_initial_adapter,
 )
-from .milora import META_WEIGHTS_REASON, init_milora, loads_weights_on_rank_0_only
+from .method.milora import META_WEIGHTS_REASON, init_milora, loads_weights_on_rank_0_only
 from .model_card import Card, Method, attach
-from .rank_dropout import check_rank_dropout_args, install_rank_dropout
+from .method.rank_dropout import check_rank_dropout_args, install_rank_dropout
+from .method.lora_layers import is_svd_init, lora_layers
 
 LOG = logging.getLogger(__name__)
 SAVE_BASES = ("original", "residual")
@@ -100,7 +100,7 @@ class DropLoRACallback(TrainerCallback):
         if self.rank_dropout is not None:
             hooked = install_rank_dropout(model, self.rank_dropout, self.mask_mode, self.rescale,
                                           adapter_names=[ACTIVE_ADAPTER])
-            kinds = sorted({type(m).__name__ for m in model.modules() if isinstance(m, LoraLayer)})
+            kinds = sorted({type(layer).__name__ for _, layer in lora_layers(model, adapter=None)})
             LOG.info(f"DropLoRA: rank dropout p={self.rank_dropout} mask_mode={self.mask_mode} "
                      f"rescale={self.rescale} on {len(hooked)} LoRA layers ({', '.join(kinds)})")
         # before any save: the adapter's r here is the trained r, whatever conversion follows
@@ -255,4 +255,4 @@ def _convert_each_save(model, initial: dict) -> None:
 def _is_pissa(model) -> bool:
     """PEFT's PiSSA init (`init_lora_weights="pissa"` / `"pissa_niter_N"`) also moves s·B0·A0 out of W."""
     config = getattr(model, "peft_config", {}).get("default")
-    return str(getattr(config, "init_lora_weights", "")).lower().startswith("pissa")
+    return is_svd_init(getattr(config, "init_lora_weights", None))  # MiLoRA's config says True

@@ -36,7 +36,7 @@ LLAMA2 = {"Llama-2-7B": (4096, 11008, 32, 32, 32, 32000), "Llama-2-70B": (8192, 
 def make_model(folder: Path, hidden: int, intermediate: int, layers: int) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from axolotl_droplora.demo import make_demo
+    from axolotl_droplora.demo.task import make_demo
 
     demo = make_demo(folder / "demo").parent
     model_dir = folder / "model"

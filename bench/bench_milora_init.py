@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from axolotl_droplora.milora import minor_components
+from axolotl_droplora.method.milora import minor_components
 
 
 def llama_shaped_weights(hidden: int, intermediate: int, layers: int, seed: int = 0) -> list[torch.Tensor]:

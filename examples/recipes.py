@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from axolotl_droplora.paper_recipes import (  # noqa: F401  (tests read the table through this module)
+from axolotl_droplora.recipes.paper import (  # noqa: F401  (tests read the table through this module)
     ALPACA,
     BATCH_ARITHMETIC,
     GPUS,

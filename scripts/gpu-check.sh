@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every check that needs CUDA, in one go: bash scripts/gpu-check.sh [--out DIR] [--only a,b] [--dry-run] …
-# (the options are axolotl_droplora/gpu_check.py's; --out defaults to gpu-check/).
+# (the options are scripts/gpu_check.py's; --out defaults to gpu-check/).
 #
 # Python: $PYTHON if set; else .venv/bin/python when its torch sees a GPU; else a venv .venv-gpu
 # that sees the machine's python3 packages, so it keeps that CUDA torch (python3 itself where no
@@ -87,4 +87,4 @@ if [ "$dry" = 0 ] && cuda_ok "$python"; then
   install vllm 420 "import vllm" vllm
   args+=(--install-log "$status")
 fi
-exec "$python" -m axolotl_droplora.gpu_check --work "$work" "${args[@]}"
+exec "$python" "$(dirname "$0")/gpu_check.py" --work "$work" "${args[@]}"

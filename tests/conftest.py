@@ -58,6 +58,6 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Comple
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
-    from axolotl_droplora.demo import make_demo
+    from axolotl_droplora.demo.task import make_demo
 
     return make_demo(tmp_path_factory.mktemp("demo")).parent

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from axolotl_droplora.analysis import forgetting_loss, layer_analysis, subspace_similarity
+from axolotl_droplora.analysis.spectra import forgetting_loss, layer_analysis, subspace_similarity
 from conftest import run_cli, tiny_base_model, tiny_lora_model
 
 
@@ -82,8 +82,8 @@ def test_analyze_command_writes_table_json_and_plot(tmp_path, demo_dir):
 
 # ---- mechanism.py: spectra, effective rank, channel removal, similarity across seeds ----
 
-from axolotl_droplora.answer_loss import answer_nll  # noqa: E402
-from axolotl_droplora.mechanism import (  # noqa: E402
+from axolotl_droplora.eval.answer_loss import answer_nll  # noqa: E402
+from axolotl_droplora.analysis.mechanism import (  # noqa: E402
     channels_removed,
     cross_seed_similarity,
     delta_svd,
@@ -153,7 +153,7 @@ def _train_tiny_adapter(demo_dir, seed: int, steps: int = 8):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from axolotl_droplora.answer_loss import encode
+    from axolotl_droplora.eval.answer_loss import encode
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(demo_dir / "model")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from axolotl_droplora.demo import demo_config
+from axolotl_droplora.demo.task import demo_config
 
 
 def load(tmp_path, demo_dir, **overrides):

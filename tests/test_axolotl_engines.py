@@ -26,7 +26,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from axolotl_droplora.conversion import initial_adapter_of
+from axolotl_droplora.method.conversion import initial_adapter_of
 from conftest import run_cli
 from test_engines import single_process_init
 from test_plugin import LAYERS_LOG, write_recipe

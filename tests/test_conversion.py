@@ -16,7 +16,7 @@ from axolotl_droplora import (
     install_rank_dropout,
     snapshot_initial_adapter,
 )
-from axolotl_droplora.conversion import doubled_rank_config
+from axolotl_droplora.method.conversion import doubled_rank_config
 from conftest import tiny_base_model
 
 TOKENS = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(9))

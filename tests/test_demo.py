@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from axolotl_droplora.demo import arithmetic_problems, make_demo
+from axolotl_droplora.demo.task import arithmetic_problems, make_demo
 
 
 def test_problems_are_distinct_with_correct_unique_answers():
@@ -36,8 +36,9 @@ def test_make_demo_writes_disjoint_splits_and_a_recipe_and_is_idempotent(tmp_pat
 
 
 def test_the_training_prompt_is_the_math_evaluation_prompt(tmp_path):
-    from axolotl_droplora.evaluate import MATH_PROMPT, prompt_for
-    from axolotl_droplora.scorers import gsm8k_correct
+    from axolotl_droplora.eval.evaluate import prompt_for
+    from axolotl_droplora.eval.prompts import MATH_PROMPT
+    from axolotl_droplora.eval.scorers import gsm8k_correct
 
     config = yaml.safe_load(make_demo(tmp_path, base_model=tmp_path).read_text())
     assert config["base_model"] == str(tmp_path) and not (tmp_path / "model").exists()

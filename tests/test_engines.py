@@ -21,8 +21,8 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from axolotl_droplora.conversion import snapshot_initial_adapter
-from axolotl_droplora.milora import init_milora
+from axolotl_droplora.method.conversion import snapshot_initial_adapter
+from axolotl_droplora.method.milora import init_milora
 from conftest import run_cli
 from test_trainer_callback import vanilla_peft_logits
 

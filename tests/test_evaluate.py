@@ -8,7 +8,7 @@ import sys
 import pytest
 from PIL import Image
 
-from axolotl_droplora.evaluate import Generator, compare, evaluate, pass_rate
+from axolotl_droplora.eval.evaluate import Generator, compare, evaluate, pass_rate
 from conftest import run_cli
 
 COMMONSENSE = {

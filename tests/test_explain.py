@@ -23,7 +23,7 @@ def in_tmp(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_every_paper_recipe_is_valid_and_is_its_own_paper_cell_with_no_departure(path, in_tmp):
-    from axolotl_droplora.explain import explain, render
+    from axolotl_droplora.recipes.explain import explain, render
 
     report = explain(path)
     cell = report["paper_cell"]
@@ -45,7 +45,7 @@ def write(tmp_path: Path, stem: str, **changes) -> Path:
 
 
 def test_a_modified_recipe_lists_every_departure_and_fills_in_the_defaults(in_tmp):
-    from axolotl_droplora.explain import explain, render
+    from axolotl_droplora.recipes.explain import explain, render
 
     # on 1 GPU the paper's batch needs 8 accumulation steps: that is not a departure
     recipe = write(in_tmp, "math-llama3_8b-droplora", droplora_rank_dropout=0.5, droplora_mask_mode=None,
@@ -66,7 +66,7 @@ def test_a_modified_recipe_lists_every_departure_and_fills_in_the_defaults(in_tm
 
 
 def test_milora_saves_are_explained_as_rank_2r_and_pissa_with_dropout_warns(in_tmp):
-    from axolotl_droplora.explain import explain, render
+    from axolotl_droplora.recipes.explain import explain, render
 
     milora = render(explain(ROOT / "examples" / "yml" / "math-llama2_7b-milora.yml"))
     assert ("MiLoRA init (milora): saves converted for the original base (svd_init_save_base: original "
@@ -89,7 +89,7 @@ def test_milora_saves_are_explained_as_rank_2r_and_pissa_with_dropout_warns(in_t
 
 
 def test_sequence_masks_with_sample_packing_warn(in_tmp):
-    from axolotl_droplora.explain import explain
+    from axolotl_droplora.recipes.explain import explain
 
     report = explain(write(in_tmp, "commonsense-llama3_8b-droplora", droplora_mask_mode="sequence",
                            sample_packing=True))
@@ -98,8 +98,8 @@ def test_sequence_masks_with_sample_packing_warn(in_tmp):
 
 
 def test_a_local_base_and_a_recipe_far_from_the_papers(in_tmp, demo_dir):
-    from axolotl_droplora.demo import demo_config
-    from axolotl_droplora.explain import explain, render
+    from axolotl_droplora.demo.task import demo_config
+    from axolotl_droplora.recipes.explain import explain, render
 
     recipe = in_tmp / "demo.yml"
     recipe.write_text(yaml.safe_dump({**demo_config(demo_dir), "output_dir": str(in_tmp / "out")}))

@@ -1,4 +1,4 @@
-"""scripts/gpu-check.sh and axolotl_droplora/gpu_check.py: on CPU, the dry run; the runner itself
+"""scripts/gpu-check.sh and scripts/gpu_check.py: on CPU, the dry run; the runner itself
 with checks that fail, pass, time out or lack a package; and the bench options the GPU run uses."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from axolotl_droplora.gpu_check import NOT_RUN, Check, Workspace, default_checks, run_checks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the GPU runner lives beside bench/ and examples/
+from gpu_check import NOT_RUN, Check, Workspace, default_checks, run_checks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -74,7 +75,7 @@ def test_dry_run_says_no_cuda_lists_every_command_prepares_and_marks_all_not_run
 
 def test_without_cuda_the_module_dry_runs_by_itself_and_only_selects(tmp_path):
     out = tmp_path / "out"
-    done = run([PY, "-m", "axolotl_droplora.gpu_check", "--out", str(out), "--work", str(tmp_path / "work"),
+    done = run([PY, "scripts/gpu_check.py", "--out", str(out), "--work", str(tmp_path / "work"),
                 "--only", "study-gpu,bench-milora-init"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("no CUDA device:")
@@ -86,7 +87,7 @@ def test_without_cuda_the_module_dry_runs_by_itself_and_only_selects(tmp_path):
 
 
 def test_only_with_an_unknown_name_says_which_names_exist(tmp_path):
-    done = run([PY, "-m", "axolotl_droplora.gpu_check", "--out", str(tmp_path), "--only", "bench-milora"])
+    done = run([PY, "scripts/gpu_check.py", "--out", str(tmp_path), "--only", "bench-milora"])
     assert done.returncode == 2
     assert "--only: unknown check(s) bench-milora; known: bench-rank-dropout, bench-milora-init" in done.stderr
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from axolotl_droplora.demo import demo_config
+from axolotl_droplora.demo.task import demo_config
 from conftest import run_cli
 
 LAYERS_LOG = "DropLoRA: rank dropout p={p} mask_mode={mode} rescale={rescale} on 10 LoRA layers ({kind})"

@@ -22,8 +22,8 @@ from fractions import Fraction
 
 import pytest
 
-from axolotl_droplora.evaluate import score
-from axolotl_droplora.scorers import (
+from axolotl_droplora.eval.evaluate import score
+from axolotl_droplora.eval.scorers import (
     COMMONSENSE_PATTERNS,
     NormalizationError,
     ScoringError,

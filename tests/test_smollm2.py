@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from axolotl_droplora import install_rank_dropout
-from axolotl_droplora.smollm2 import convert_smollm2
+from axolotl_droplora.demo.smollm2 import convert_smollm2
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_special_tokens_are_the_ggufs_in_tokenizer_config_and_generation_config(
     import gguf
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    from axolotl_droplora.smollm2 import gguf_file
+    from axolotl_droplora.demo.smollm2 import gguf_file
 
     metadata = gguf.GGUFReader(gguf_file()).fields
     gguf_ids = {name: int(metadata[f"tokenizer.ggml.{name}_token_id"].contents()) for name in ("bos", "eos", "padding")}

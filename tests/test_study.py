@@ -12,21 +12,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from axolotl_droplora.study import (
-    CONFIGS,
-    OVER_ARMS,
-    UNDER_ARMS,
-    StudyConfig,
+from axolotl_droplora.study.arms import CONFIGS, OVER_ARMS, UNDER_ARMS, StudyConfig, config_from_settings, study_settings
+from axolotl_droplora.study.report import regenerate_report, write_report
+from axolotl_droplora.study.run import run_study
+from axolotl_droplora.study.stats import (
     beyond_noise,
-    config_from_settings,
+    describe,
     difference_from,
-    regenerate_report,
-    run_study,
-    study_settings,
+    nested_subset_sd,
+    paired_difference,
+    seeds_needed,
     verdict,
-    write_report,
 )
-from axolotl_droplora.study_stats import describe, nested_subset_sd, paired_difference, seeds_needed
 from conftest import run_cli
 
 
@@ -352,8 +349,8 @@ def test_tiny_regime_study_trains_scores_curves_and_analyses_then_resumes(tmp_pa
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from axolotl_droplora.answer_loss import answer_nll
-    from axolotl_droplora.study_run import heldout_pairs
+    from axolotl_droplora.eval.answer_loss import answer_nll
+    from axolotl_droplora.study.run import heldout_pairs
 
     config = StudyConfig(steps=0, batch_size=4, r=4, learning_rate=2e-3, n_train=8, n_heldout=16, seeds=(0, 1),
                          bf16=False, max_new_tokens=6, eval_batch_size=8, epochs=2, n_accuracy=4, n_loss=12, n_curve=6,

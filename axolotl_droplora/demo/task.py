@@ -16,6 +16,8 @@ import random
 from pathlib import Path
 
 import yaml
+from ..eval.prompts import ALPACA_PREAMBLE, MATH_PROMPT
+from ..recipes.paper import TARGET_MODULES
 
 TINY_LLAMA = dict(
     hidden_size=64,
@@ -28,10 +30,6 @@ TINY_LLAMA = dict(
 )
 VOCAB_SIZE = 1024
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
-ALPACA_PREAMBLE = (
-    "Below is an instruction that describes a task. Write a response that appropriately "
-    "completes the request.\n\n### Instruction:\n\n### Response:\n"
-)
 OPERATIONS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
 
 
@@ -90,8 +88,6 @@ def build_tiny_llama(tokenizer, seed: int = 0, **overrides):
 
 def demo_config(demo_dir: Path, base_model: Path | None = None) -> dict:
     """The Axolotl recipe for the demo: DropLoRA with the paper's layer targets."""
-    from .evaluate import MATH_PROMPT
-
     prompt = MATH_PROMPT + "\n"  # what `eval --task math` asks, so before/after compare like for like
     return {
         "base_model": str(base_model or demo_dir / "model"),
@@ -100,7 +96,7 @@ def demo_config(demo_dir: Path, base_model: Path | None = None) -> dict:
         "lora_r": 16,
         "lora_alpha": 32,
         "lora_dropout": 0.05,
-        "lora_target_modules": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+        "lora_target_modules": list(TARGET_MODULES),
         "droplora_rank_dropout": 0.3,
         "droplora_mask_mode": "element",
         "datasets": [{"path": str(demo_dir / "data" / "train.jsonl"), "ds_type": "json", "type": {

@@ -59,7 +59,7 @@ def convert_smollm2(out_dir: str | Path = DEFAULT_DIR, distribution: str = "llm-
         return out_dir
     from transformers import AutoTokenizer
 
-    from .compat import float32_model_from_gguf
+    from .gguf import float32_model_from_gguf
 
     model = float32_model_from_gguf(source)
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)

@@ -9,10 +9,10 @@ attention, gradient checkpointing). examples/recipes.py renders it to examples/y
 
 from __future__ import annotations
 
-ALPACA = (
-    "Below is an instruction that describes a task. Write a response that appropriately "
-    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-)
+from ..eval.prompts import ALPACA
+
+# the DropLoRA paper's targets (its training scripts), for every recipe, the demo and the studies
+TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 
 TASKS = {
     "commonsense": {
@@ -93,7 +93,7 @@ def recipe(task: str, model: str, method: str) -> dict:
         "lora_r": rank,
         "lora_alpha": rank * spec["alpha_per_rank"],
         "lora_dropout": 0.05,
-        "lora_target_modules": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+        "lora_target_modules": list(TARGET_MODULES),
         "datasets": settings["datasets"],
         "dataset_prepared_path": f"prepared/{task}-{model}",
         "val_set_size": 0,

@@ -35,15 +35,8 @@ from .scorers import (
     math_answer,
     math_equivalent,
 )
+from .prompts import ALPACA, MATH_PROMPT
 
-ALPACA = (
-    "Below is an instruction that describes a task. Write a response that appropriately "
-    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-)
-MATH_PROMPT = (  # MetaMath's evaluation prompt
-    "Below is an instruction that describes a task. Write a response that appropriately "
-    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response: Let's think step by step."
-)
 TASK_SETS = {
     "commonsense": list(COMMONSENSE_PATTERNS),
     "math": ["gsm8k", "math"],

@@ -31,6 +31,7 @@ from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
 
 from .conversion import gathered
+from .lora_layers import lora_layers
 
 LOG = logging.getLogger(__name__)
 BATCH_BYTES = 1 << 30  # stack at most this many bytes of float64 Gram matrices at once
@@ -48,10 +49,7 @@ def loads_weights_on_rank_0_only(fsdp_config: dict | None) -> bool:
 
 
 def _target_layers(model: torch.nn.Module, adapter_name: str) -> list[tuple[str, LoraLayer]]:
-    layers = [
-        (name, module) for name, module in model.named_modules()
-        if isinstance(module, LoraLayer) and adapter_name in module.lora_A
-    ]
+    layers = list(lora_layers(model, adapter_name))
     if not layers:
         raise ValueError(
             f"MiLoRA needs a PEFT LoRA model with adapter {adapter_name!r}, but "

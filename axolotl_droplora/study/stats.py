@@ -1,4 +1,4 @@
-"""Paired statistics for the replication study: an arm against LoRA, seed by seed.
+"""Paired statistics for the studies, the one place they are computed: an arm against LoRA, seed by seed.
 
 A seed fixes the data order and (for randomly initialised A) the init, and that moves every arm
 alike, so the noise that matters is that of the per-seed differences d_i = arm_i − LoRA_i:
@@ -93,3 +93,30 @@ def describe(label: str, reference: str, d: PairedDifference, unit: str, lower_i
         call = f"no difference from {reference} shown (the interval includes 0)"
     return (f"{label} − {reference}: {fmt.format(d.mean)} {unit}, 95% CI [{fmt.format(d.low)}, {fmt.format(d.high)}]: "
             f"{call}; smallest difference these {d.n} seeds detect (80% power): {d.mdd:.{digits}f} {unit}")
+
+
+def difference_from(reference: list[float], other: list[float]) -> tuple[float, float]:
+    """(mean of other − reference over seeds, the standard error of that mean difference): the
+    first study's summary of `paired_difference` (0 for one seed, which has no spread)."""
+    d = paired_difference(reference, other)
+    return d.mean, (d.sd / d.n**0.5 if d.sd is not None else 0.0)
+
+
+def beyond_noise(reference: list[float], other: list[float]) -> bool:
+    """Whether `other` beats `reference` by more than 2 standard errors (≥ 2 seeds)."""
+    delta, se = difference_from(reference, other)
+    return len(reference) > 1 and delta > 2 * se
+
+
+def verdict(label: str, reference: list[float], other: list[float]) -> str:
+    """One sentence: how `label` compares with LoRA, and whether that is beyond seed noise."""
+    delta, se = difference_from(reference, other)
+    if len(reference) < 2:
+        noise = "one seed: no noise estimate"
+    elif se == 0:
+        noise = "the same difference on every seed" + (": beyond seed noise" if delta else "")
+    else:
+        noise = f"{abs(delta) / se:.1f} standard errors: {'beyond' if abs(delta) > 2 * se else 'within'} seed noise"
+    if delta == 0:
+        return f"{label} tied with LoRA ({noise})"
+    return f"{label} {'beat' if delta > 0 else 'fell behind'} LoRA by {abs(delta):.1f} points ({noise})"

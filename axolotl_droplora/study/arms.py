@@ -22,22 +22,17 @@ Two kinds of config:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import statistics
 from pathlib import Path
 
-from .demo import make_demo
-from .evaluate import refuse_other_run
-from .mechanism import DEFAULT_FRACTIONS
-from .plots import bars_and_curves
+from ..analysis.mechanism import DEFAULT_FRACTIONS
+from ..method.lora_layers import is_svd_init as is_svd_init_value
 
 LOG = logging.getLogger(__name__)
 
 # Short prompt: on 2 CPU cores a training step costs about its token count, and the papers'
 # 45-token preamble would double it. The answer format keeps "The answer is: N" for the scorer.
 PROMPT = "Question: {instruction}\nAnswer:"
-TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]  # the DropLoRA paper's
 
 # arm -> how it differs from plain LoRA at the config's r: LoraConfig keys, DropLoRACallback's
 # (rank_dropout, mask_mode, milora), "r" and "lora_dropout" (override the config's), "galore"
@@ -82,7 +77,7 @@ def reference_arm(arm: str) -> str:
 
 def is_svd_init(arm: str) -> bool:
     spec = ARMS[arm]
-    return bool(spec.get("milora")) or str(spec.get("init_lora_weights", "")).startswith("pissa")
+    return bool(spec.get("milora")) or is_svd_init_value(spec.get("init_lora_weights"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,153 +211,9 @@ CONFIGS["over-gpu"] = dataclasses.replace(CONFIGS["over-cpu"], n_train=128, batc
                                           n_prune=500, prune_draws=3, prune_fractions=DEFAULT_FRACTIONS, left_out="")
 
 
-def run_study(base_model: str | Path, out_dir: str | Path, config: str | StudyConfig = "cpu",
-              arms: list[str] | None = None) -> str:
-    """Train and score every (arm, seed) not done yet, then write report.md and the figures."""
-    from tqdm.auto import tqdm
-
-    cfg = CONFIGS[config] if isinstance(config, str) else config
-    arms = list(arms or cfg.default_arms)
-    unknown = [arm for arm in arms if arm not in ARMS]
-    if unknown:
-        raise ValueError(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
-    if cfg.n_loss:  # each comparison needs its reference arm
-        missing = sorted({reference_arm(arm) for arm in arms} - set(arms))
-        if missing:
-            raise ValueError(f"arm(s) {', '.join(missing)} must be run too: the report compares "
-                             f"{', '.join(a for a in arms if reference_arm(a) in missing)} with them")
-    from .study_run import cross_seed, load, loss_before_training, require_galore, starts_at_base, train_and_score
-
-    if any("galore" in ARMS[arm] for arm in arms):
-        require_galore()
-    out_dir = Path(out_dir)
-    settings = study_settings(cfg, str(Path(base_model).resolve()))
-    refuse_other_run(out_dir, settings, info_name="study.json", evidence="runs")
-    make_demo(out_dir / "task", base_model, n_train=cfg.n_train, n_heldout=cfg.n_heldout)
-    (out_dir / "study.json").write_text(json.dumps(settings, indent=1))
-    if cfg.n_loss:  # what the report is made from is committed; models and scratch are not
-        (out_dir / ".gitignore").write_text("task/\nadapters/\nruns/*/seed*/eval/\nruns/*/seed*/trainer/\n")
-
-    todo = [(arm, seed) for arm in arms for seed in cfg.seeds if not _result_file(out_dir, arm, seed).is_file()]
-    if todo:
-        base, tokenizer, train_data, heldout = load(base_model, out_dir / "task", cfg)
-        base_loss = (loss_before_training(base, tokenizer, heldout, cfg)
-                     if cfg.epochs and any(starts_at_base(arm) for arm, _ in todo) else None)
-        for arm, seed in tqdm(todo, desc="study runs", unit="run"):
-            result = train_and_score(base, tokenizer, train_data, heldout, arm, seed, cfg, out_dir, base_loss)
-            loss = f", held-out answer loss {result['heldout_loss']:.4f}" if "heldout_loss" in result else ""
-            tqdm.write(f"{arm} seed {seed}: held-out accuracy {result['accuracy']:.1f}%{loss} "
-                       f"(train {result['train_s']:.0f} s)")
-    for arm in cfg.mechanism_arms:
-        if arm in arms:
-            cross_seed(out_dir, arm, cfg)
-    return write_any_report(out_dir, arms, cfg, settings["base_model"])
-
-
-def write_any_report(out_dir: Path, arms: list[str], cfg: StudyConfig, base_model: str) -> str:
-    """The first study's report for its configs, the regime report for the others."""
-    if cfg.n_loss:
-        from .study_report import write_regime_report
-
-        return write_regime_report(out_dir, arms, cfg, base_model)
-    return write_report(out_dir, arms, cfg, base_model)
-
-
-def regenerate_report(out_dir: str | Path, arms: list[str] | None = None) -> str:
-    """report.md and figures again from the committed study.json and runs/ (no model, no training)."""
-    out_dir = Path(out_dir)
-    if not (out_dir / "study.json").is_file():
-        raise ValueError(f"{out_dir / 'study.json'} is missing: not a study folder")
-    settings = json.loads((out_dir / "study.json").read_text())
-    cfg = config_from_settings(settings)
-    arms = list(arms or cfg.default_arms)
-    missing = [f"{arm}/seed{s}" for arm in arms for s in cfg.seeds if not _result_file(out_dir, arm, s).is_file()]
-    if missing:
-        raise ValueError(f"{out_dir}/runs lacks {', '.join(missing)}: run the study to finish them, "
-                         f"or name the finished arms with --arms")
-    return write_any_report(out_dir, arms, cfg, settings["base_model"])
-
-
-def _result_file(out_dir: Path, arm: str, seed: int) -> Path:
+def result_file(out_dir: Path, arm: str, seed: int) -> Path:
     return out_dir / "runs" / arm / f"seed{seed}" / "result.json"
 
 
-def _adapter_dir(out_dir: Path, arm: str, seed: int) -> Path:
+def adapter_dir(out_dir: Path, arm: str, seed: int) -> Path:
     return out_dir / "adapters" / arm / f"seed{seed}"
-
-
-def difference_from(reference: list[float], other: list[float]) -> tuple[float, float]:
-    """(mean of other − reference over seeds, the standard error of that mean difference).
-
-    Paired by seed: a seed fixes the data order (and, for the arms with random A, the init), and
-    that moves every arm alike (README), so the noise that matters is that of the differences."""
-    differences = [b - a for a, b in zip(reference, other, strict=True)]
-    spread = statistics.stdev(differences) if len(differences) > 1 else 0.0
-    return statistics.fmean(differences), spread / len(differences) ** 0.5
-
-
-def beyond_noise(reference: list[float], other: list[float]) -> bool:
-    """Whether `other` beats `reference` by more than 2 standard errors (≥ 2 seeds)."""
-    delta, se = difference_from(reference, other)
-    return len(reference) > 1 and delta > 2 * se
-
-
-def verdict(label: str, reference: list[float], other: list[float]) -> str:
-    """One sentence: how `label` compares with LoRA, and whether that is beyond seed noise."""
-    delta, se = difference_from(reference, other)
-    if len(reference) < 2:
-        noise = "one seed: no noise estimate"
-    elif se == 0:
-        noise = "the same difference on every seed" + (": beyond seed noise" if delta else "")
-    else:
-        noise = f"{abs(delta) / se:.1f} standard errors: {'beyond' if abs(delta) > 2 * se else 'within'} seed noise"
-    if delta == 0:
-        return f"{label} tied with LoRA ({noise})"
-    return f"{label} {'beat' if delta > 0 else 'fell behind'} LoRA by {abs(delta):.1f} points ({noise})"
-
-
-def write_report(out_dir: Path, arms: list[str], cfg: StudyConfig, base_model: str) -> str:
-    """report.md and study.png from the finished runs' result.json files."""
-    results = {arm: [json.loads(_result_file(out_dir, arm, s).read_text()) for s in cfg.seeds] for arm in arms}
-    accuracy = {arm: [r["accuracy"] for r in runs] for arm, runs in results.items()}
-    means = {arm: statistics.fmean(accs) for arm, accs in accuracy.items()}
-    stds = {arm: statistics.stdev(accs) if len(accs) > 1 else 0.0 for arm, accs in accuracy.items()}
-    mean_curves = {arm: [statistics.fmean(step) for step in zip(*(r["losses"] for r in runs))]
-                   for arm, runs in results.items()}
-    machine = "; ".join(sorted({r["machine"] for runs in results.values() for r in runs}))
-    total_s = sum(r["train_s"] + r["eval_s"] for runs in results.values() for r in runs)
-    lines = [
-        "# Replication study: LoRA vs DropLoRA vs DoRA / PiSSA / MiLoRA",
-        "",
-        f"Base model `{Path(base_model).name}`; task: the demo's arithmetic questions, {cfg.n_train} for "
-        f"training, {cfg.n_heldout} held out (GSM8K scorer, greedy). {cfg.steps} steps of batch "
-        f"{cfg.batch_size}, lr {cfg.learning_rate}, r={cfg.r} on {', '.join(TARGET_MODULES)}, "
-        f"lora_alpha=2r (r for PiSSA and MiLoRA, as in their papers), seeds {list(cfg.seeds)}, "
-        f"{'bf16' if cfg.bf16 else 'float32'}. Machine: {machine}; {total_s / 60:.1f} min of training and "
-        f"scoring in all.",
-        "",
-        "| arm | held-out accuracy (%) | per seed | final loss | train s/run |",
-        "|---|---|---|---|---|",
-    ]
-    for arm, runs in results.items():
-        final = statistics.fmean(statistics.fmean(r["losses"][-5:]) for r in runs)
-        lines.append(f"| {arm} | {means[arm]:.1f} ± {stds[arm]:.1f} | {', '.join(f'{a:.0f}' for a in accuracy[arm])} "
-                     f"| {final:.3f} | {statistics.fmean(r['train_s'] for r in runs):.0f} |")
-    lines += ["", "Mean ± sample standard deviation over seeds; final loss: the mean of the last 5 "
-              "logged training losses.", ""]
-    if "lora" in accuracy:
-        droplora_arms = [arm for arm in arms if arm.startswith("droplora")]
-        lines += ["## Did DropLoRA beat LoRA?", ""]
-        lines += [f"- {verdict(arm, accuracy['lora'], accuracy[arm])}." for arm in arms if arm != "lora"]
-        winners = [arm for arm in droplora_arms if beyond_noise(accuracy["lora"], accuracy[arm])]
-        outcome = (f"DropLoRA ({', '.join(winners)}) beat LoRA beyond seed noise" if winners
-                   else "no DropLoRA arm beat LoRA beyond seed noise")
-        lines += ["", f"**In short:** {outcome} at this scale (beyond noise: a mean difference of more "
-                  f"than 2 standard errors, paired by seed, {len(cfg.seeds)} seeds each).", ""]
-    lines += ["![held-out accuracy and training loss](study.png)", ""]
-    report = "\n".join(lines)
-    bars_and_curves(out_dir / "study.png", arms, [means[a] for a in arms], [stds[a] for a in arms],
-                    "held-out accuracy (%), mean ± std", mean_curves, "training loss (mean over seeds)")
-    (out_dir / "report.md").write_text(report)
-    return report
-

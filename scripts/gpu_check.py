@@ -1,7 +1,7 @@
 """One command for a GPU: every check that needs CUDA, each in its own bounded subprocess.
 
     bash scripts/gpu-check.sh --out gpu-check        # installs what is missing, then runs this
-    python -m axolotl_droplora.gpu_check --out gpu-check [--only NAME,...] [--dry-run]
+    python scripts/gpu_check.py --out gpu-check [--only NAME,...] [--dry-run]
         [--work DIR] [--budget SECONDS] [--base-layers N] [--base-shape llama2-7b|tiny]
 
 A check is a few commands run in turn under one timeout (at most 600 s), after an optional
@@ -164,7 +164,8 @@ class Workspace:
             return
         import torch
 
-        from .demo import ALPACA_PREAMBLE, arithmetic_problems, build_tiny_llama, build_tokenizer
+        from axolotl_droplora.demo.task import arithmetic_problems, build_tiny_llama, build_tokenizer
+        from axolotl_droplora.eval.prompts import ALPACA_PREAMBLE
 
         problems = arithmetic_problems(200, seed=7)
         tokenizer = build_tokenizer([f"{p['instruction']} {p['output']}" for p in problems]
@@ -178,7 +179,7 @@ class Workspace:
 
     def write_data(self) -> None:
         """MetaMathQA's format (query/response), from the demo's arithmetic problems."""
-        from .demo import arithmetic_problems
+        from axolotl_droplora.demo.task import arithmetic_problems
 
         self.data.parent.mkdir(parents=True, exist_ok=True)
         rows = [{"query": p["instruction"], "response": p["output"]} for p in arithmetic_problems(200, seed=7)]
@@ -207,7 +208,7 @@ class Workspace:
         path = self.work / f"{name}.yml"
         with open(path, "w") as out:
             out.write(f"# {paper_recipe} on a random {self.layers}-layer {self.shape}-shaped base; "
-                      "written by axolotl_droplora.gpu_check\n")
+                      "written by scripts/gpu_check.py\n")
             yaml.safe_dump(config, out, sort_keys=False)
         return path
 
@@ -232,7 +233,7 @@ class Workspace:
         WORK/scripts/, where the checks run it: the commands stay short and exact."""
         path = self.script_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# {name}, written by axolotl_droplora.gpu_check\n" + SCRIPTS[name].lstrip())
+        path.write_text(f"# {name}, written by scripts/gpu_check.py\n" + SCRIPTS[name].lstrip())
         return path
 
 

@@ -32,8 +32,8 @@ import weakref
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.lora import LoraLayer
 from torch import nn
+from .lora_layers import lora_layers
 
 MASK_MODES = ("element", "sequence", "batch")
 
@@ -104,12 +104,11 @@ class _TrackDoraInput:
 
 def _lora_a_modules(model: nn.Module, adapter_names: list[str] | None = None):
     """(qualified name, lora_A module, DoRA layer or None) for every LoRA layer and adapter."""
-    for layer_name, layer in model.named_modules():
-        if isinstance(layer, LoraLayer):
-            for adapter, lora_a in layer.lora_A.items():
-                if adapter_names is None or adapter in adapter_names:
-                    dora = layer.lora_magnitude_vector[adapter] if layer.use_dora.get(adapter) else None
-                    yield f"{layer_name}.lora_A.{adapter}", lora_a, dora
+    for layer_name, layer in lora_layers(model, adapter=None):
+        for adapter, lora_a in layer.lora_A.items():
+            if adapter_names is None or adapter in adapter_names:
+                dora = layer.lora_magnitude_vector[adapter] if layer.use_dora.get(adapter) else None
+                yield f"{layer_name}.lora_A.{adapter}", lora_a, dora
 
 
 def install_rank_dropout(

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import statistics
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from .analysis import subspace_similarity
+from .spectra import subspace_similarity
+from ..method.lora_layers import lora_layers
+from ..method.lora_layers import scaling as lora_scaling
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -54,8 +55,7 @@ def adapter_factors(adapter_dir: str | Path) -> dict[str, tuple[torch.Tensor, to
             name = key.removesuffix(".lora_A.weight").removeprefix("base_model.model.")
             b = weights[key.replace(".lora_A.", ".lora_B.")]
             r = a.shape[0]
-            scaling = config["lora_alpha"] / (math.sqrt(r) if config.get("use_rslora") else r)
-            factors[name] = (a, b, scaling)
+            factors[name] = (a, b, lora_scaling(config["lora_alpha"], r, config.get("use_rslora", False)))
     if not factors:
         raise ValueError(f"{adapter_dir}/adapter_model.safetensors holds no lora_A weights")
     return factors
@@ -63,11 +63,10 @@ def adapter_factors(adapter_dir: str | Path) -> dict[str, tuple[torch.Tensor, to
 
 def model_factors(model, adapter: str = "default") -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
     """adapter_factors for a loaded PeftModel."""
-    from peft.tuners.lora import LoraLayer
 
     return {name.removeprefix("base_model.model."): (layer.lora_A[adapter].weight.detach(),
                                                      layer.lora_B[adapter].weight.detach(), layer.scaling[adapter])
-            for name, layer in model.named_modules() if isinstance(layer, LoraLayer) and adapter in layer.lora_A}
+            for name, layer in lora_layers(model, adapter)}
 
 
 def delta_svd(a: torch.Tensor, b: torch.Tensor, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,20 +115,18 @@ def cross_seed_similarity(factor_sets: list[dict], ks: tuple[int, ...] | None = 
 @contextmanager
 def channels_removed(model, fraction: float, generator: torch.Generator, adapter: str = "default"):
     """Zero k = round(fraction · r) random rank channels (rows of A) in every LoRA layer; restore after."""
-    from peft.tuners.lora import LoraLayer
 
     if not 0 <= fraction < 1:
         raise ValueError(f"fraction of rank channels removed must be in [0, 1), got {fraction}")
     saved = []
     try:
         with torch.no_grad():
-            for layer in model.modules():
-                if isinstance(layer, LoraLayer) and adapter in layer.lora_A:
-                    weight = layer.lora_A[adapter].weight
-                    k = round(fraction * weight.shape[0])
-                    channels = torch.randperm(weight.shape[0], generator=generator)[:k]
-                    saved.append((weight, channels, weight[channels].clone()))
-                    weight[channels] = 0
+            for _, layer in lora_layers(model, adapter):
+                weight = layer.lora_A[adapter].weight
+                k = round(fraction * weight.shape[0])
+                channels = torch.randperm(weight.shape[0], generator=generator)[:k]
+                saved.append((weight, channels, weight[channels].clone()))
+                weight[channels] = 0
         yield sum(len(channels) for _, channels, _ in saved)
     finally:
         with torch.no_grad():
@@ -142,7 +139,7 @@ def pruning_curve(model, tokenizer, prompts: list[str], answers: list[str],
                   batch_size: int = 32, full: float | None = None) -> dict:
     """Held-out answer loss of the full adapter (`full`, scored unless given) and, per fraction,
     of each draw with channels removed."""
-    from .answer_loss import answer_nll
+    from ..eval.answer_loss import answer_nll
 
     if full is None:
         full = statistics.fmean(answer_nll(model, tokenizer, prompts, answers, batch_size))
@@ -193,7 +190,7 @@ def analyze_adapters(base_model: str, adapter_dirs: list[str], questions_file: s
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .study_plots import line_panels
+    from ..eval.plots import line_panels
 
     records = load_questions(questions_file, limit)
     prompts = [prompt.format(instruction=r["instruction"]) for r in records]

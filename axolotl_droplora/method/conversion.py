@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model_state_dict
-from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
+from .lora_layers import alpha_for_doubled_rank, lora_layers
 
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
@@ -86,7 +86,7 @@ def to_original_base(state: dict[str, torch.Tensor], initial: dict[str, torch.Te
 def doubled_rank_config(config: dict) -> dict:
     """adapter_config.json for the rank-2r adapter, with the same scaling."""
     config = dict(config, init_lora_weights=True, r=2 * config["r"])
-    config["lora_alpha"] = config["lora_alpha"] * (2 ** 0.5 if config.get("use_rslora") else 2)
+    config["lora_alpha"] = alpha_for_doubled_rank(config["lora_alpha"], config.get("use_rslora", False))
     for pattern in ("rank_pattern", "alpha_pattern"):
         if config.get(pattern):
             config[pattern] = {key: 2 * value for key, value in config[pattern].items()}
@@ -150,9 +150,7 @@ def fold_into_original_base(model, initial: dict[str, torch.Tensor], adapter_nam
     The model computes the same function before and after (up to the base dtype's rounding);
     afterwards it is a plain LoRA on the original base, whatever saves it next.
     """
-    for name, layer in model.named_modules():
-        if not isinstance(layer, LoraLayer) or adapter_name not in layer.lora_A:
-            continue
+    for name, layer in lora_layers(model, adapter_name):
         a0, b0 = (initial[f"{name}.lora_{ab}.weight"] for ab in "AB")
         lora_a, lora_b = layer.lora_A[adapter_name], layer.lora_B[adapter_name]
         a0, b0 = a0.to(lora_a.weight), b0.to(lora_b.weight)
@@ -163,7 +161,8 @@ def fold_into_original_base(model, initial: dict[str, torch.Tensor], adapter_nam
         lora_b.weight = torch.nn.Parameter(torch.cat([lora_b.weight, -b0], dim=1), lora_b.weight.requires_grad)
         lora_a.out_features = lora_b.in_features = lora_a.weight.shape[0]
         layer.r[adapter_name] *= 2
-        layer.lora_alpha[adapter_name] *= 2 ** 0.5 if layer.use_rslora[adapter_name] else 2
+        layer.lora_alpha[adapter_name] = alpha_for_doubled_rank(layer.lora_alpha[adapter_name],
+                                                                layer.use_rslora[adapter_name])
     config = model.peft_config[adapter_name]
     for key, value in doubled_rank_config(config.to_dict()).items():
         if key in ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "init_lora_weights"):

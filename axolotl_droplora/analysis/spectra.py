@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from .plots import grouped_bars
+from ..eval.plots import grouped_bars
+from ..method.lora_layers import lora_layers
 
 
 def subspace_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -60,14 +61,12 @@ def layer_analysis(w: torch.Tensor, delta: torch.Tensor, r: int, seed: int = 0) 
 
 def adapter_deltas(model) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
     """{layer name: (W, ΔW = s·B·A, r)} for every LoRA layer of a loaded PeftModel."""
-    from peft.tuners.lora import LoraLayer
 
     deltas = {}
-    for name, layer in model.named_modules():
-        if isinstance(layer, LoraLayer) and "default" in layer.lora_A:
-            with torch.no_grad():
-                delta = layer.get_delta_weight("default")
-            deltas[name.removeprefix("base_model.model.")] = (layer.get_base_layer().weight.detach(), delta, layer.r["default"])
+    for name, layer in lora_layers(model, "default"):
+        with torch.no_grad():
+            delta = layer.get_delta_weight("default")
+        deltas[name.removeprefix("base_model.model.")] = (layer.get_base_layer().weight.detach(), delta, layer.r["default"])
     return deltas
 
 

@@ -21,8 +21,22 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .evaluate import Generator, evaluate
-from .study import ARMS, PROMPT, TARGET_MODULES, StudyConfig, _adapter_dir, _result_file, is_svd_init
+from ..eval.evaluate import Generator, evaluate
+from ..demo.task import make_demo
+from ..recipes.paper import TARGET_MODULES
+from ..eval.evaluate import refuse_other_run
+from .arms import (
+    ARMS,
+    CONFIGS,
+    PROMPT,
+    StudyConfig,
+    adapter_dir,
+    is_svd_init,
+    reference_arm,
+    result_file,
+    study_settings,
+)
+from .report import write_any_report
 
 
 def load(base_model, task_dir: Path, cfg: StudyConfig):
@@ -50,7 +64,7 @@ def heldout_pairs(heldout: list[dict], n: int) -> tuple[list[str], list[str]]:
 def loss_before_training(base, tokenizer, heldout, cfg: StudyConfig) -> float:
     """The per-epoch curve's epoch 0: the base model's answer loss on the curve's questions,
     shared by every run that starts from the base model's function (see starts_at_base)."""
-    from .answer_loss import answer_nll
+    from ..eval.answer_loss import answer_nll
 
     return statistics.fmean(answer_nll(base, tokenizer, *heldout_pairs(heldout, cfg.n_curve or cfg.n_loss),
                                        cfg.eval_batch_size))
@@ -70,8 +84,8 @@ def train_and_score(base, tokenizer, train_data, heldout, arm: str, seed: int, c
     from transformers import PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from .answer_loss import answer_nll
-    from .trainer_callback import DropLoRACallback
+    from ..eval.answer_loss import answer_nll
+    from ..trainer_callback import DropLoRACallback
 
     lora_kwargs = dict(ARMS[arm])
     rank_dropout = lora_kwargs.pop("rank_dropout", None)
@@ -81,7 +95,7 @@ def train_and_score(base, tokenizer, train_data, heldout, arm: str, seed: int, c
     lora_dropout = lora_kwargs.pop("lora_dropout", cfg.lora_dropout)
     galore = lora_kwargs.pop("galore", None)
     lora_kwargs.pop("vs", None)
-    run_dir = _result_file(out_dir, arm, seed).parent
+    run_dir = result_file(out_dir, arm, seed).parent
     length = dict(num_train_epochs=cfg.epochs) if cfg.epochs else dict(max_steps=cfg.steps)
     callbacks = [DropLoRACallback(rank_dropout, mask_mode, milora=milora)] if rank_dropout or milora else []
     curve = None
@@ -140,11 +154,11 @@ def train_and_score(base, tokenizer, train_data, heldout, arm: str, seed: int, c
         result["loss_curve"], result["curve_s"] = curve.values, curve.seconds
     if arm in cfg.mechanism_arms:
         unchanged = statistics.fmean(final_losses[:cfg.n_prune]) if cfg.n_prune <= len(final_losses) else None
-        result["mechanism"] = _mechanism(trainer.model, tokenizer, heldout, cfg, seed, _adapter_dir(out_dir, arm, seed),
+        result["mechanism"] = _mechanism(trainer.model, tokenizer, heldout, cfg, seed, adapter_dir(out_dir, arm, seed),
                                          unchanged)
     del trainer, model
     gc.collect()
-    done = _result_file(out_dir, arm, seed)
+    done = result_file(out_dir, arm, seed)
     scratch = done.with_suffix(".partial")
     scratch.write_text(json.dumps(result, indent=1))
     scratch.replace(done)  # the run counts as done only once this exists
@@ -177,7 +191,7 @@ def _mechanism(model, tokenizer, heldout, cfg: StudyConfig, seed: int, adapter_d
                unchanged: float | None = None) -> dict:
     """Spectra of ΔW and the channel-removal curve of a just-trained adapter; the adapter is kept
     (adapter_dir) for the similarity across seeds. unchanged: its loss on the n_prune questions, if known."""
-    from .mechanism import model_factors, pruning_curve, spectra, summarise_spectra
+    from ..analysis.mechanism import model_factors, pruning_curve, spectra, summarise_spectra
 
     start = time.perf_counter()
     layer_spectra = spectra(model_factors(model))
@@ -191,10 +205,10 @@ def _mechanism(model, tokenizer, heldout, cfg: StudyConfig, seed: int, adapter_d
 
 def cross_seed(out_dir: Path, arm: str, cfg: StudyConfig) -> None:
     """runs/<arm>/cross_seed.json: similarity of the ΔW subspaces of the arm's seeds, once all are done."""
-    from .mechanism import adapter_factors, cross_seed_similarity
+    from ..analysis.mechanism import adapter_factors, cross_seed_similarity
 
     target = out_dir / "runs" / arm / "cross_seed.json"
-    adapters = [_adapter_dir(out_dir, arm, seed) for seed in cfg.seeds]
+    adapters = [adapter_dir(out_dir, arm, seed) for seed in cfg.seeds]
     if target.is_file() or len(adapters) < 2 or not all((a / "adapter_config.json").is_file() for a in adapters):
         return
     similarity = cross_seed_similarity([adapter_factors(a) for a in adapters])
@@ -230,3 +244,44 @@ def machine() -> str:
     except (OSError, StopIteration):
         cpu = platform.processor() or platform.machine()
     return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def run_study(base_model: str | Path, out_dir: str | Path, config: str | StudyConfig = "cpu",
+              arms: list[str] | None = None) -> str:
+    """Train and score every (arm, seed) not done yet, then write report.md and the figures."""
+    from tqdm.auto import tqdm
+
+    cfg = CONFIGS[config] if isinstance(config, str) else config
+    arms = list(arms or cfg.default_arms)
+    unknown = [arm for arm in arms if arm not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
+    if cfg.n_loss:  # each comparison needs its reference arm
+        missing = sorted({reference_arm(arm) for arm in arms} - set(arms))
+        if missing:
+            raise ValueError(f"arm(s) {', '.join(missing)} must be run too: the report compares "
+                             f"{', '.join(a for a in arms if reference_arm(a) in missing)} with them")
+    if any("galore" in ARMS[arm] for arm in arms):
+        require_galore()
+    out_dir = Path(out_dir)
+    settings = study_settings(cfg, str(Path(base_model).resolve()))
+    refuse_other_run(out_dir, settings, info_name="study.json", evidence="runs")
+    make_demo(out_dir / "task", base_model, n_train=cfg.n_train, n_heldout=cfg.n_heldout)
+    (out_dir / "study.json").write_text(json.dumps(settings, indent=1))
+    if cfg.n_loss:  # what the report is made from is committed; models and scratch are not
+        (out_dir / ".gitignore").write_text("task/\nadapters/\nruns/*/seed*/eval/\nruns/*/seed*/trainer/\n")
+
+    todo = [(arm, seed) for arm in arms for seed in cfg.seeds if not result_file(out_dir, arm, seed).is_file()]
+    if todo:
+        base, tokenizer, train_data, heldout = load(base_model, out_dir / "task", cfg)
+        base_loss = (loss_before_training(base, tokenizer, heldout, cfg)
+                     if cfg.epochs and any(starts_at_base(arm) for arm, _ in todo) else None)
+        for arm, seed in tqdm(todo, desc="study runs", unit="run"):
+            result = train_and_score(base, tokenizer, train_data, heldout, arm, seed, cfg, out_dir, base_loss)
+            loss = f", held-out answer loss {result['heldout_loss']:.4f}" if "heldout_loss" in result else ""
+            tqdm.write(f"{arm} seed {seed}: held-out accuracy {result['accuracy']:.1f}%{loss} "
+                       f"(train {result['train_s']:.0f} s)")
+    for arm in cfg.mechanism_arms:
+        if arm in arms:
+            cross_seed(out_dir, arm, cfg)
+    return write_any_report(out_dir, arms, cfg, settings["base_model"])

@@ -15,9 +15,10 @@ import json
 import statistics
 from pathlib import Path
 
-from .study import ARMS, TARGET_MODULES, is_svd_init, reference_arm
-from .study_plots import line_panels
-from .study_stats import describe, nested_subset_sd, paired_difference, seeds_needed
+from ..recipes.paper import TARGET_MODULES
+from .arms import ARMS, StudyConfig, config_from_settings, is_svd_init, reference_arm, result_file
+from ..eval.plots import bars_and_curves, line_panels
+from .stats import beyond_noise, describe, nested_subset_sd, paired_difference, seeds_needed, verdict
 
 LOSS = "nats/token"
 
@@ -52,10 +53,9 @@ def overfitting_check(lora_runs: list[dict]) -> tuple[int, object, bool]:
 
 
 def write_regime_report(out_dir: Path, arms: list[str], cfg, base_model: str) -> str:
-    from .study import _result_file
 
     out_dir = Path(out_dir)
-    runs = {arm: [json.loads(_result_file(out_dir, arm, s).read_text()) for s in cfg.seeds] for arm in arms}
+    runs = {arm: [json.loads(result_file(out_dir, arm, s).read_text()) for s in cfg.seeds] for arm in arms}
     loss = {arm: [r["heldout_loss"] for r in rs] for arm, rs in runs.items()}
     accuracy = {arm: [r["accuracy"] for r in rs] for arm, rs in runs.items()}
     machine = "; ".join(sorted({r["machine"] for rs in runs.values() for r in rs}))
@@ -368,3 +368,71 @@ def _claims_section(arms, runs, loss, accuracy, differences, cfg, mechanism_arms
               "appear at scale, and one found here need not transfer. Differences smaller than the smallest detectable "
               "difference above may exist unseen.", ""]
     return lines
+
+
+def write_any_report(out_dir: Path, arms: list[str], cfg: StudyConfig, base_model: str) -> str:
+    """The first study's report for its configs, the regime report for the others."""
+    if cfg.n_loss:
+        return write_regime_report(out_dir, arms, cfg, base_model)
+    return write_report(out_dir, arms, cfg, base_model)
+
+
+def regenerate_report(out_dir: str | Path, arms: list[str] | None = None) -> str:
+    """report.md and figures again from the committed study.json and runs/ (no model, no training)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "study.json").is_file():
+        raise ValueError(f"{out_dir / 'study.json'} is missing: not a study folder")
+    settings = json.loads((out_dir / "study.json").read_text())
+    cfg = config_from_settings(settings)
+    arms = list(arms or cfg.default_arms)
+    missing = [f"{arm}/seed{s}" for arm in arms for s in cfg.seeds if not result_file(out_dir, arm, s).is_file()]
+    if missing:
+        raise ValueError(f"{out_dir}/runs lacks {', '.join(missing)}: run the study to finish them, "
+                         f"or name the finished arms with --arms")
+    return write_any_report(out_dir, arms, cfg, settings["base_model"])
+
+
+def write_report(out_dir: Path, arms: list[str], cfg: StudyConfig, base_model: str) -> str:
+    """report.md and study.png from the finished runs' result.json files."""
+    results = {arm: [json.loads(result_file(out_dir, arm, s).read_text()) for s in cfg.seeds] for arm in arms}
+    accuracy = {arm: [r["accuracy"] for r in runs] for arm, runs in results.items()}
+    means = {arm: statistics.fmean(accs) for arm, accs in accuracy.items()}
+    stds = {arm: statistics.stdev(accs) if len(accs) > 1 else 0.0 for arm, accs in accuracy.items()}
+    mean_curves = {arm: [statistics.fmean(step) for step in zip(*(r["losses"] for r in runs))]
+                   for arm, runs in results.items()}
+    machine = "; ".join(sorted({r["machine"] for runs in results.values() for r in runs}))
+    total_s = sum(r["train_s"] + r["eval_s"] for runs in results.values() for r in runs)
+    lines = [
+        "# Replication study: LoRA vs DropLoRA vs DoRA / PiSSA / MiLoRA",
+        "",
+        f"Base model `{Path(base_model).name}`; task: the demo's arithmetic questions, {cfg.n_train} for "
+        f"training, {cfg.n_heldout} held out (GSM8K scorer, greedy). {cfg.steps} steps of batch "
+        f"{cfg.batch_size}, lr {cfg.learning_rate}, r={cfg.r} on {', '.join(TARGET_MODULES)}, "
+        f"lora_alpha=2r (r for PiSSA and MiLoRA, as in their papers), seeds {list(cfg.seeds)}, "
+        f"{'bf16' if cfg.bf16 else 'float32'}. Machine: {machine}; {total_s / 60:.1f} min of training and "
+        f"scoring in all.",
+        "",
+        "| arm | held-out accuracy (%) | per seed | final loss | train s/run |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, runs in results.items():
+        final = statistics.fmean(statistics.fmean(r["losses"][-5:]) for r in runs)
+        lines.append(f"| {arm} | {means[arm]:.1f} ± {stds[arm]:.1f} | {', '.join(f'{a:.0f}' for a in accuracy[arm])} "
+                     f"| {final:.3f} | {statistics.fmean(r['train_s'] for r in runs):.0f} |")
+    lines += ["", "Mean ± sample standard deviation over seeds; final loss: the mean of the last 5 "
+              "logged training losses.", ""]
+    if "lora" in accuracy:
+        droplora_arms = [arm for arm in arms if arm.startswith("droplora")]
+        lines += ["## Did DropLoRA beat LoRA?", ""]
+        lines += [f"- {verdict(arm, accuracy['lora'], accuracy[arm])}." for arm in arms if arm != "lora"]
+        winners = [arm for arm in droplora_arms if beyond_noise(accuracy["lora"], accuracy[arm])]
+        outcome = (f"DropLoRA ({', '.join(winners)}) beat LoRA beyond seed noise" if winners
+                   else "no DropLoRA arm beat LoRA beyond seed noise")
+        lines += ["", f"**In short:** {outcome} at this scale (beyond noise: a mean difference of more "
+                  f"than 2 standard errors, paired by seed, {len(cfg.seeds)} seeds each).", ""]
+    lines += ["![held-out accuracy and training loss](study.png)", ""]
+    report = "\n".join(lines)
+    bars_and_curves(out_dir / "study.png", arms, [means[a] for a in arms], [stds[a] for a in arms],
+                    "held-out accuracy (%), mean ± std", mean_curves, "training loss (mean over seeds)")
+    (out_dir / "report.md").write_text(report)
+    return report

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import yaml
 
-from . import paper_recipes as table
-from .model_card import Method, ServingFacts, serving_facts, vllm_lines
+from . import paper as table
+from ..model_card import Method, ServingFacts, serving_facts, vllm_lines
+from ..method.lora_layers import scaling
+from ..args import SEQUENCE_MASK_WITH_PACKING
 
 # not hyperparameters: where things go, how they are logged and saved, how the work is spread
 NOT_HYPERPARAMETERS = {
@@ -109,7 +111,7 @@ def explain(recipe: str | Path) -> dict:
         "method": asdict(method) if method else None,
         "lora": None if not cfg.adapter else {
             "r": r, "lora_alpha": alpha, "scaling_rule": "alpha/sqrt(r)" if rslora else "alpha/r",
-            "scaling": alpha / (r ** 0.5 if rslora else r) if r and alpha else None,
+            "scaling": scaling(alpha, r, rslora) if r and alpha else None,
             "lora_dropout": cfg.lora_dropout or 0.0,
             "targets": "all linear layers" if cfg.lora_target_linear else list(cfg.lora_target_modules or []),
         },
@@ -145,7 +147,7 @@ def _variants(cfg, method: Method | None) -> list[str]:
 
 def _saved_config(cfg, method: Method | None) -> dict | None:
     """adapter_config.json as the run will save it (what vLLM reads)."""
-    from .conversion import doubled_rank_config
+    from ..method.conversion import doubled_rank_config
 
     if not cfg.adapter or not cfg.lora_r:
         return None
@@ -166,8 +168,7 @@ def _warnings(cfg, method: Method | None) -> list[str]:
             f"batch of 8 at step 0): train-mode loss 1.92–3.35 over three forward passes with lora_dropout "
             f"0.05, against 1.78 with 0. PiSSA's own paper trains with lora_dropout 0.")
     if method and method.rank_dropout is not None and method.mask_mode == "sequence" and cfg.sample_packing:
-        warnings.append("droplora_mask_mode: sequence with sample_packing: true draws one mask per packed "
-                        "row, shared by every sequence packed into it")
+        warnings.append(SEQUENCE_MASK_WITH_PACKING)
     if method and method.init and not method.converted:
         warnings.append(f"svd_init_save_base: residual: every adapter is saved as trained, valid ONLY on the "
                         f"residual base W_p, not on {cfg.base_model}")
