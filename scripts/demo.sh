@@ -5,8 +5,9 @@
 #
 # Prints one line per step, then check-adapter's verdict and the before/after table. Each step's
 # full output (stdout and stderr) goes to demo/logs/<n>-<step>.log, its stdout alone also to
-# demo/logs/<n>-<step>.out; a failing step prints its name, exit code and the last 40 lines of
-# its log, and the script exits with that code.
+# demo/logs/<n>-<step>.out (read for the converted model's folder and check-adapter's verdict).
+# A failing step prints its name, exit code and the last 40 lines of its log, and the script
+# exits with that code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,10 +65,10 @@ step 8 compare "compare before and after" \
   axolotl droplora compare demo/eval/before demo/eval/after-droplora --out demo/eval
 
 echo
-echo "check-adapter:"
-sed 's/^/  /' "$logs/7-check-adapter.out"
+echo "check-adapter:"  # its own lines: from the verdict on (Axolotl's banner and warnings come before)
+sed -n '\|^demo/out: |,$s/^/  /p' "$logs/7-check-adapter.out"
 echo
-cat "$logs/8-compare.out"
+cat demo/eval/comparison.md  # the table compare printed (and wrote there)
 echo
 echo "Adapter: demo/out (merged model: demo/out/merged); scores: demo/eval (comparison.md, comparison.png)."
 echo "Full logs of each step: $logs/ (0-setup.log … 8-compare.log; stdout alone in the .out files)."
