@@ -1,30 +1,20 @@
 """DropLoRA (rank dropout between LoRA's A and B) and MiLoRA for Axolotl, PEFT and TRL."""
 
-from .method.conversion import convert_adapter_dir, fold_into_original_base, snapshot_initial_adapter
-from .method.milora import init_milora
-from .method.rank_dropout import (
+from . import method
+from .method import (
     MASK_MODES,
     RankDropout,
+    convert_adapter_dir,
+    fold_into_original_base,
+    init_milora,
     install_rank_dropout,
     installed_rank_dropout,
     remove_rank_dropout,
+    snapshot_initial_adapter,
 )
 from .trainer_callback import DropLoRACallback
 
-__all__ = [
-    "MASK_MODES",
-    "DropLoRAArgs",
-    "DropLoRACallback",
-    "DropLoRAPlugin",
-    "RankDropout",
-    "convert_adapter_dir",
-    "fold_into_original_base",
-    "init_milora",
-    "install_rank_dropout",
-    "installed_rank_dropout",
-    "remove_rank_dropout",
-    "snapshot_initial_adapter",
-]
+__all__ = [*method.__all__, "DropLoRAArgs", "DropLoRACallback", "DropLoRAPlugin"]
 
 
 def __getattr__(name):

@@ -188,12 +188,16 @@ def _check_milora(data: dict) -> None:
             f"`peft_init_lora_weights: {MILORA}` needs `adapter: lora` or `adapter: {ADAPTER}`, "
             f"got `adapter: {adapter}`"
         )
-    for key in ("load_in_4bit", "load_in_8bit"):
-        if data.get(key):
-            raise ValueError(
-                f"`peft_init_lora_weights: {MILORA}` needs a full-precision base to take the SVD "
-                f"of and subtract from: remove `{key}`"
-            )
+    if key := _quantized_base_key(data):
+        raise ValueError(
+            f"`peft_init_lora_weights: {MILORA}` needs a full-precision base to take the SVD "
+            f"of and subtract from: remove `{key}`"
+        )
+
+
+def _quantized_base_key(data: dict) -> str | None:
+    """The key that loads the base quantized (`load_in_4bit` / `load_in_8bit`), if one does."""
+    return next((key for key in ("load_in_4bit", "load_in_8bit") if data.get(key)), None)
 
 
 def _check_whole_weights(data: dict, init: str) -> None:
@@ -221,13 +225,12 @@ def _check_converted_saves(data: dict) -> None:
             f"checkpoints hold no adapter file that can be converted for the original base. Set "
             f"`state_dict_type: FULL_STATE_DICT` in fsdp_config, or `svd_init_save_base: residual`."
         )
-    for key in ("load_in_4bit", "load_in_8bit"):
-        if data.get(key):
-            raise ValueError(
-                f"`peft_init_lora_weights: {init}` on a quantized base (`{key}`): the residual base "
-                f"is quantized, so an adapter converted for the original base would be off by the "
-                f"quantization error. Set `svd_init_save_base: residual`, or remove `{key}`."
-            )
+    if key := _quantized_base_key(data):
+        raise ValueError(
+            f"`peft_init_lora_weights: {init}` on a quantized base (`{key}`): the residual base "
+            f"is quantized, so an adapter converted for the original base would be off by the "
+            f"quantization error. Set `svd_init_save_base: residual`, or remove `{key}`."
+        )
     if data.get("load_best_model_at_end"):
         # resuming works (each checkpoint keeps the adapter as trained in a subfolder), but the
         # Trainer reloads the best checkpoint from its top-level adapter only

@@ -105,7 +105,7 @@ def explain_command(recipe: Path, as_json: bool):
 @click.option("--execute", is_flag=True, help="Run generated code (subprocess, 10 s timeout) for pass@1.")
 @click.option("--scoring", type=click.Choice(["paper", "corrected"]), default="paper", show_default=True,
               help="paper: the papers' evaluation code, quirks included; corrected: its plain bugs fixed "
-                   "(README lists each difference). Rescoring a finished run generates nothing.")
+                   "(docs/evaluation.md lists each difference). Rescoring a finished run generates nothing.")
 def eval_command(model, adapter, task, data_dir, sets, out_dir, batch_size, max_new_tokens, limit, use_vllm, execute,
                  scoring):
     """Generate and score MODEL on a paper task; writes OUT/results.json (resumable)."""
@@ -192,7 +192,7 @@ def smollm2_command(out_dir: Path | None):
 @click.option("--config", "config_name", default="cpu", show_default=True,
               type=click.Choice(["cpu", "gpu", "under-cpu", "over-cpu", "under-gpu", "over-gpu"]),
               help="cpu: about 28 min on 2 cores; gpu: sized for one H100; under-*/over-*: the under-trained and "
-                   "overfitting regimes with the held-out answer loss (README, Replication study).")
+                   "overfitting regimes with the held-out answer loss (docs/studies.md).")
 @click.option("--arms", help="Comma-separated subset of the arms (default: the config's).")
 @click.option("--steps", type=int, help="Override the config's training steps per run.")
 @click.option("--epochs", type=int, help="Override the config's epochs per run (the over-* configs).")

@@ -13,7 +13,7 @@ trainer's __init__) and callbacks are how a Trainer lets outside code act on tha
   and generation see plain LoRA.
 - each checkpoint save and the end of training (MiLoRA, or PEFT's PiSSA init, unless
   `save_base="residual"`): the adapter is converted to be valid on the original base model
-  (see conversion.py), so
+  (see method/conversion.py), so
   checkpoints and `trainer.save_model()` are plain PEFT LoRA adapters for the base you started from.
   Each converted checkpoint also keeps the adapter as trained in its `default/` subfolder, which
   the Trainer loads when resuming (`resume_from_checkpoint`); the init runs again on the fresh
@@ -44,7 +44,7 @@ from .method.lora_layers import is_svd_init, lora_layers
 LOG = logging.getLogger(__name__)
 SAVE_BASES = ("original", "residual")
 # the subfolder of a converted checkpoint holding the adapter as trained, named after the PEFT
-# adapter so that the Trainer loads it into that adapter when resuming (see conversion.py)
+# adapter so that the Trainer loads it into that adapter when resuming (see method/conversion.py)
 ACTIVE_ADAPTER = "default"  # the adapter that trains: PEFT's default name, as TRL and Axolotl use
 RESUME_ADAPTER = ACTIVE_ADAPTER
 # TRL's DPO, KTO, GRPO and RLOO trainers compute the reference with this adapter when the model

@@ -4,7 +4,7 @@
     .venv/bin/python examples/recipes.py --check  # exit 1 if a committed file differs
 
 The table (task × base model × method, from the DropLoRA paper's §4 and Appendix A Table 7 and the
-authors' training scripts) is axolotl_droplora/paper_recipes.py; this script only renders it.
+authors' training scripts) is axolotl_droplora/recipes/paper.py; this script only renders it.
 tests/test_recipes.py fails if a committed recipe disagrees with the table.
 """
 

@@ -1,4 +1,4 @@
-"""MiLoRA's analyses (axolotl_droplora/analysis.py)."""
+"""MiLoRA's analyses (axolotl_droplora/analysis/spectra.py)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_analyze_command_writes_table_json_and_plot(tmp_path, demo_dir):
     assert none.returncode != 0 and "matches layers=None modules=['v_proj']" in none.stderr
 
 
-# ---- mechanism.py: spectra, effective rank, channel removal, similarity across seeds ----
+# ---- analysis/mechanism.py: spectra, effective rank, channel removal, similarity across seeds ----
 
 from axolotl_droplora.eval.answer_loss import answer_nll  # noqa: E402
 from axolotl_droplora.analysis.mechanism import (  # noqa: E402

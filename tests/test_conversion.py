@@ -1,4 +1,4 @@
-"""Save-time conversion to the original base (axolotl_droplora/conversion.py)."""
+"""Save-time conversion to the original base (axolotl_droplora/method/conversion.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The embedded demo task and model (axolotl_droplora/demo.py)."""
+"""The embedded demo task and model (axolotl_droplora/demo/task.py)."""
 
 from __future__ import annotations
 

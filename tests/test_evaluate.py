@@ -1,4 +1,4 @@
-"""Paper-parity evaluation end to end (axolotl_droplora/evaluate.py and its CLI)."""
+"""Paper-parity evaluation end to end (axolotl_droplora/eval/evaluate.py and its CLI)."""
 
 from __future__ import annotations
 

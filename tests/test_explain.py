@@ -1,4 +1,4 @@
-"""`axolotl droplora explain RECIPE.yml`: offline validation and a plain-words report (explain.py)."""
+"""`axolotl droplora explain RECIPE.yml`: offline validation and a plain-words report (axolotl_droplora/recipes/explain.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MiLoRA initialisation (axolotl_droplora/milora.py)."""
+"""MiLoRA initialisation (axolotl_droplora/method/milora.py)."""
 
 from __future__ import annotations
 

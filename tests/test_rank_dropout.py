@@ -1,4 +1,4 @@
-"""Semantics of the rank dropout on real PEFT LoRA models (axolotl_droplora/rank_dropout.py)."""
+"""Semantics of the rank dropout on real PEFT LoRA models (axolotl_droplora/method/rank_dropout.py)."""
 
 from __future__ import annotations
 

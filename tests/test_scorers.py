@@ -1,4 +1,4 @@
-"""Scoring against the papers' evaluation code (axolotl_droplora/scorers.py), case by case.
+"""Scoring against the papers' evaluation code (axolotl_droplora/eval/scorers.py), case by case.
 
 Every expected `paper` value below was obtained by running the reference code itself on the
 input, in a scratch directory outside this project (its code is not copied here):
@@ -12,7 +12,7 @@ input, in a scratch directory outside this project (its code is not copied here)
   (their syntax trees compare equal), and they are what produced the GSM8K/MATH values.
 - Code: the extraction loop of DropLoRA's utils/code_process.py (same commit); "RAISES" = its
   `.index('if __name__ == "__main__":')` raises ValueError.
-The `corrected` values are this project's own choices, listed in README ("Evaluate like the papers").
+The `corrected` values are this project's own choices, listed in docs/evaluation.md.
 """
 
 from __future__ import annotations

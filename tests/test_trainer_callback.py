@@ -214,7 +214,7 @@ with open(f"{out}/masks-{rank}.json", "w") as f:
 @pytest.mark.parametrize("mask_mode", ["element", "batch"])
 def test_two_processes_share_masks_and_save_one_converted_adapter(demo_dir, tmp_path, mask_mode):
     """torchrun with gloo on CPU, TRL route, MiLoRA + rank dropout (the Axolotl route cannot run
-    several processes on CPU: README says why)."""
+    several processes on CPU: docs/scaling.md says why)."""
     (tmp_path / "train.py").write_text(TWO_PROCESS_SFT)
     out = tmp_path / "out"
     done = run_cli([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",

@@ -52,7 +52,19 @@ def check_rank_dropout_args(p: float, mask_mode: str) -> None:
 
 
 class RankDropout(nn.Module):
-    """M ⊙ (A·x) in training, identity in eval (see the module docstring)."""
+    """M ⊙ (A·x) in training, identity in eval (see the module docstring).
+
+    Args:
+        p: the probability that a rank channel is dropped, in [0, 1); 0 is plain LoRA.
+        mask_mode: the shape of M: "element" (default), "sequence" or "batch" (`MASK_MODES`).
+        rescale: kept channels are scaled by 1/(1 − p) (default), so E[M] = 1; False: by 1.
+
+    Shapes: the input A·x is (..., r), e.g. (batch, tokens, r); the output has the same shape and
+    dtype (the mask is drawn in that dtype).
+
+    Raises:
+        ValueError: `p` outside [0, 1) or not a number, or an unknown `mask_mode`.
+    """
 
     def __init__(self, p: float, mask_mode: str = "element", rescale: bool = True):
         super().__init__()
@@ -121,7 +133,22 @@ def install_rank_dropout(
     """Put rank dropout on every LoRA layer of a PEFT model (re-configuring any already there).
 
     Works on any PEFT LoRA model (nn.Linear, DoRA, bitsandbytes layers: all of them call
-    `lora_A`). Returns the names of the `lora_A` modules it hooked.
+    `lora_A`). Nothing is added to the state dict: the saved adapter is plain PEFT LoRA.
+
+    Args:
+        model: a PEFT model (`peft.get_peft_model(model, LoraConfig(...))`) or a module holding
+            PEFT LoRA layers.
+        p: the probability that a rank channel is dropped, in [0, 1) (the paper recommends 0.3).
+        mask_mode: "element" (default: `nn.Dropout(p)` on A·x, the authors' code), "sequence"
+            or "batch"; see the module docstring.
+        rescale: scale kept channels by 1/(1 − p) (default True).
+        adapter_names: only these adapters' layers (default: every adapter).
+
+    Returns:
+        The names of the `lora_A` modules it hooked, e.g. "...q_proj.lora_A.default".
+
+    Raises:
+        ValueError: a bad `p` or `mask_mode`, or no LoRA layer (for `adapter_names`) in `model`.
     """
     check_rank_dropout_args(p, mask_mode)
     targets = list(_lora_a_modules(model, adapter_names))
@@ -141,7 +168,11 @@ def install_rank_dropout(
 
 
 def remove_rank_dropout(model: nn.Module) -> int:
-    """Take rank dropout off every LoRA layer; returns how many were removed."""
+    """Take rank dropout off every LoRA layer of `model`.
+
+    Returns:
+        How many `lora_A` modules it was removed from (0 if there was none).
+    """
     removed = 0
     for _, lora_a, dora in _lora_a_modules(model):
         removed += _uninstall(lora_a, dora)

@@ -5,7 +5,7 @@ The recipe is validated with Axolotl's own schema, merged with the keys of the p
 that schema, since Axolotl ignores keys it does not know. Nothing is downloaded: a base model that
 is not a local folder is reported. Then it says what the run trains (adapter, variant, rank
 dropout and SVD init with defaults filled in, how saves are written and served), and, where it is
-close to a cell of the paper recipes (paper_recipes.py), which hyperparameters depart from the
+close to a cell of the paper recipes (recipes/paper.py), which hyperparameters depart from the
 paper's.
 """
 

@@ -1,22 +1,22 @@
-"""Replication study: LoRA vs DropLoRA (p, mask modes, r) vs DoRA / PiSSA / MiLoRA, several seeds.
+"""The studies' arms and configs: LoRA vs DropLoRA (p, mask modes, r) vs DoRA / PiSSA / MiLoRA.
 
-    run_study(base_model, out_dir, "cpu")   -> out_dir/report.md and out_dir/study.png
+    run_study(base_model, out_dir, "cpu")   (run.py) -> out_dir/report.md and out_dir/study.png
 
-Every arm fine-tunes the same base model on the demo's arithmetic task (demo.py) with TRL's
+Every arm fine-tunes the same base model on the demo's arithmetic task (demo/task.py) with TRL's
 SFTTrainer and a PEFT LoraConfig, DropLoRA and MiLoRA through `DropLoRACallback` (the same
 rank-dropout and init code the Axolotl plugin installs), then answers held-out questions
 greedily (scored with the papers' GSM8K scorer) and, in the configs with `n_loss`, scores the
-held-out answer loss (answer_loss.py) on more questions: one run is study_run.py. Each (arm,
-seed) writes runs/<arm>/seed<k>/result.json when it finishes, so an interrupted study resumes
-where it stopped. This module holds the arms, the configs, the loop and the first study's report.
+held-out answer loss (eval/answer_loss.py) on more questions: one run is run.py's
+`train_and_score`. Each (arm, seed) writes runs/<arm>/seed<k>/result.json when it finishes, so an
+interrupted study resumes where it stopped.
 
 Two kinds of config:
-- `cpu` / `gpu` (the first study): accuracy only; the report (write_report below) gives mean ±
-  std over seeds and each arm's paired difference from LoRA in standard errors.
+- `cpu` / `gpu` (the first study): accuracy only; its report (report.py's `write_report`) gives
+  mean ± std over seeds and each arm's paired difference from LoRA in standard errors.
 - the regime configs (`under-*`, `over-*`): held-out answer loss as the primary metric, accuracy
-  beside it, 95% intervals and minimum detectable differences (study_stats.py), per-epoch loss
-  curves when `epochs` is set, and the mechanism analyses (mechanism.py) of `mechanism_arms`;
-  report by study_report.py.
+  beside it, 95% intervals and minimum detectable differences (stats.py), per-epoch loss curves
+  when `epochs` is set, and the mechanism analyses (analysis/mechanism.py) of `mechanism_arms`;
+  report by report.py's `write_regime_report`.
 """
 
 from __future__ import annotations

@@ -1,12 +1,16 @@
-"""The regime study's report: report.md and PNG figures from the runs' result.json files only.
+"""The studies' reports: report.md and PNG figures from the runs' result.json files only.
 
-    write_regime_report(out_dir, arms, cfg, base_model)
+    write_any_report(out_dir, arms, cfg, base_model)   the first study's or the regime study's
+    regenerate_report(out_dir)                         again from a committed study folder
 
-Every arm is compared with its reference arm (study.reference_arm: LoRA, or the same variant
+The regime study (`write_regime_report`):
+Every arm is compared with its reference arm (arms.reference_arm: LoRA, or the same variant
 without rank dropout), paired by seed, on the held-out answer loss (primary) and on greedy
-accuracy, with 95% t-intervals and minimum detectable differences (study_stats.py). Then, as the
+accuracy, with 95% t-intervals and minimum detectable differences (stats.py). Then, as the
 runs allow: the per-epoch loss curves and the overfitting check, the r × p grid, the mechanism
 analyses, and the paper's claims one by one, each with what was found or "not run in this report".
+The first study (`write_report`): accuracy per arm, and each arm's paired difference from LoRA in
+standard errors (stats.py's `verdict`).
 """
 
 from __future__ import annotations
@@ -101,7 +105,7 @@ def write_regime_report(out_dir: Path, arms: list[str], cfg, base_model: str) ->
         mdd_acc = [d.mdd for _, d in differences.values() if d.mdd is not None]
         lines += ["", "95% intervals: Student t over the seeds' paired differences; smallest detectable difference: "
                   "(t₀.₉₇₅ + t₀.₈₀, n−1 degrees of freedom) × sd of the differences / √n, a two-sided paired "
-                  "t-test's at α = 0.05 and 80% power (study_stats.py)."]
+                  "t-test's at α = 0.05 and 80% power (axolotl_droplora/study/stats.py)."]
         if mdd_loss and mdd_acc:
             lines += ["", f"**Which claims each metric supports.** The answer loss (median smallest detectable "
                       f"difference here {statistics.median(mdd_loss):.4f} {LOSS}) says whether an arm fits the "
