@@ -100,19 +100,19 @@ echo "check-newest: install check done in ${SECONDS}s (the newest stack ${stack_
 # callback on SFTTrainer incl. 2 processes, README's TRL example, a study run, GaLore, generation);
 # it leaves out the CLI wrappers over the same calls, the report arithmetic and the scorers.
 if [ "$tests" = --quick ]; then
-  selected=(tests/test_rank_dropout.py tests/test_conversion.py tests/test_milora.py tests/test_variants.py
+  selected=(tests/method/test_rank_dropout.py tests/method/test_conversion.py tests/method/test_milora.py tests/method/test_variants.py
     tests/test_trainer_callback.py tests/test_readme.py
-    tests/test_study.py::test_tiny_regime_study_trains_scores_curves_and_analyses_then_resumes
-    tests/test_study.py::test_galore_arm_trains_with_transformers_galore_optimizer
-    tests/test_evaluate.py::test_an_interrupted_run_resumes_without_redoing_or_losing_anything
-    tests/test_evaluate.py::test_scoring_mode_is_recorded_and_odd_generations_are_wrong_with_a_reason)
+    tests/study/test_study.py::test_tiny_regime_study_trains_scores_curves_and_analyses_then_resumes
+    tests/study/test_study.py::test_galore_arm_trains_with_transformers_galore_optimizer
+    tests/eval/test_evaluate.py::test_an_interrupted_run_resumes_without_redoing_or_losing_anything
+    tests/eval/test_evaluate.py::test_scoring_mode_is_recorded_and_odd_generations_are_wrong_with_a_reason)
 else
-  selected=(tests/test_rank_dropout.py tests/test_conversion.py tests/test_milora.py tests/test_variants.py
-    tests/test_trainer_callback.py tests/test_readme.py tests/test_scorers.py tests/test_demo.py
-    tests/test_analysis.py tests/test_evaluate.py tests/test_study.py tests/test_model_card.py
-    --deselect tests/test_evaluate.py::test_eval_command_writes_scores_and_predictions_for_a_trained_adapter
-    --deselect tests/test_study.py::test_study_command_trains_every_arm_and_seed_then_resumes_without_retraining
-    --deselect tests/test_study.py::test_study_command_names_unknown_arms_and_the_known_ones
+  selected=(tests/method/test_rank_dropout.py tests/method/test_conversion.py tests/method/test_milora.py tests/method/test_variants.py
+    tests/test_trainer_callback.py tests/test_readme.py tests/eval/test_scorers.py tests/demo/test_demo.py
+    tests/analysis/test_analysis.py tests/eval/test_evaluate.py tests/study/test_study.py tests/test_model_card.py
+    --deselect tests/eval/test_evaluate.py::test_eval_command_writes_scores_and_predictions_for_a_trained_adapter
+    --deselect tests/study/test_study.py::test_study_command_trains_every_arm_and_seed_then_resumes_without_retraining
+    --deselect tests/study/test_study.py::test_study_command_names_unknown_arms_and_the_known_ones
     --deselect tests/test_model_card.py::test_a_droplora_milora_run_writes_the_card_into_every_checkpoint_and_the_final_adapter
     --deselect tests/test_model_card.py::test_a_plain_droplora_card_has_the_droplora_tag_and_the_defaults_named
     --deselect tests/test_model_card.py::test_a_qlora_droplora_card_says_the_base_was_4_bit

@@ -55,7 +55,7 @@ if [ "$tests" != "--no-tests" ]; then
   export HF_HUB_OFFLINE=1 AXOLOTL_DO_NOT_TRACK=1 TOKENIZERS_PARALLELISM=false
   # the pytest command (not python -m pytest), so the tests import the installed wheel, not the checkout
   workers=${TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}  # as in test.sh
-  "$venv/bin/pytest" -p no:cacheprovider -n "$workers" --dist worksteal tests/test_rank_dropout.py tests/test_args.py \
-    tests/test_variants.py tests/test_conversion.py tests/test_milora.py tests/test_trainer_callback.py \
-    tests/test_recipes.py tests/test_plugin.py tests/test_model_card.py tests/test_explain.py
+  "$venv/bin/pytest" -p no:cacheprovider -n "$workers" --dist worksteal tests/method/test_rank_dropout.py tests/test_args.py \
+    tests/method/test_variants.py tests/method/test_conversion.py tests/method/test_milora.py tests/test_trainer_callback.py \
+    tests/recipes/test_recipes.py tests/test_plugin.py tests/test_model_card.py tests/recipes/test_explain.py
 fi

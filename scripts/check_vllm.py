@@ -598,8 +598,15 @@ def render(r: dict) -> str:
     for name, a in r["adapters"].items():
         lines += [f"### {name}", "", "Card, “Serve with vLLM”:", "", "```", a.get("card_vllm_section") or "(no card)",
                   "```", "", f"`{a['check_adapter']['command']}` (exit {a['check_adapter']['returncode']}):", "",
-                  "```", a["check_adapter"]["stdout"] or a["check_adapter"]["stderr_tail"], "```", ""]
+                  "```", _without_banner(a["check_adapter"]["stdout"]) or a["check_adapter"]["stderr_tail"],
+                  "```", ""]
     return "\n".join(lines) + "\n"
+
+
+def _without_banner(text: str) -> str:
+    """check-adapter's output without Axolotl's ASCII-art banner and its library warnings."""
+    return "\n".join(line for line in text.splitlines()
+                     if line.strip() and not set(line.strip()) <= set("@#=+./ ") and "[WARNING]" not in line)
 
 
 def _oneline(text: str, limit: int = 400) -> str:

@@ -325,7 +325,7 @@ def _claims_section(arms, runs, loss, accuracy, differences, cfg, mechanism_arms
         ratio = statistics.fmean(r["eval_s"] for a in drop for r in runs[a]) / statistics.fmean(
             r["eval_s"] for a in {reference_arm(a) for a in drop} for r in runs[a])
         lines.append(f"- **No inference cost:** by construction, rank dropout is off in eval mode and the saved adapter "
-                     f"is a plain PEFT LoRA (tests/test_rank_dropout.py, test_trainer_callback.py); measured here, greedy "
+                     f"is a plain PEFT LoRA (tests/method/test_rank_dropout.py, tests/test_trainer_callback.py); measured here, greedy "
                      f"scoring took {ratio:.2f}× the time of the arms they are compared with (same machine, not a "
                      f"controlled benchmark).")
     else:

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "examples" / "yml").glob("*.yml"))
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("recipes", ROOT / "examples" / "recipes.py")
 recipes = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(recipes)

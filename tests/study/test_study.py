@@ -133,7 +133,7 @@ def test_study_command_names_unknown_arms_and_the_known_ones(tmp_path, demo_dir)
 
 def test_committed_cpu_report_is_what_its_committed_runs_give(tmp_path):
     """docs/studies.md quotes reports/study-cpu/report.md: it must follow from the runs committed with it."""
-    committed = Path(__file__).parents[1] / "reports" / "study-cpu"
+    committed = Path(__file__).parents[2] / "reports" / "study-cpu"
     shutil.copytree(committed / "runs", tmp_path / "runs")
     shutil.copy(committed / "study.json", tmp_path / "study.json")
     settings = json.loads((committed / "study.json").read_text())
@@ -149,7 +149,7 @@ def test_committed_cpu_report_is_what_its_committed_runs_give(tmp_path):
 def test_committed_regime_reports_are_what_their_committed_runs_give(tmp_path, config):
     """docs/studies.md quotes reports/study-<config>/report.md: `study --report-only` must rewrite it, word
     for word, from the committed study.json and per-run results alone (no model, no adapters)."""
-    committed = Path(__file__).parents[1] / "reports" / f"study-{config}"
+    committed = Path(__file__).parents[2] / "reports" / f"study-{config}"
     assert config_from_settings(json.loads((committed / "study.json").read_text())) == CONFIGS[config]
     shutil.copy(committed / "study.json", tmp_path / "study.json")
     for result in committed.glob("runs/**/*.json"):
@@ -221,7 +221,7 @@ def test_regime_configs_meet_the_issue_and_refuse_bad_settings():
     assert {"pissa-ld0-droplora-p0.3", "milora-droplora-p0.3", "pissa-droplora-p0.3"} <= set(UNDER_ARMS)
     assert {f"droplora-p0.5-r{r}" for r in (4, 64)} <= set(OVER_ARMS)
     # a folder of the first study keeps its study.json: new fields at their defaults are left out
-    committed = json.loads((Path(__file__).parents[1] / "reports" / "study-cpu" / "study.json").read_text())
+    committed = json.loads((Path(__file__).parents[2] / "reports" / "study-cpu" / "study.json").read_text())
     assert study_settings(CONFIGS["cpu"], committed["base_model"]) == committed
     with pytest.raises(ValueError, match="mechanism_arms: unknown arm"):
         StudyConfig(1, 2, 4, 1e-3, 8, 8, (0,), False, n_loss=4, mechanism_arms=("lora-r5",))
