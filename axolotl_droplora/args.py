@@ -16,7 +16,7 @@ ADAPTER = "droplora"
 QLORA = "qlora"  # Axolotl quantizes the base to 4 bits only for its own adapter names
 RANK_DROPOUT_KEYS = ("droplora_rank_dropout", "droplora_mask_mode", "droplora_rescale")
 DEFAULT_RANK_DROPOUT = 0.3
-SVD_INIT_KEYS = ("svd_init_save_base",)
+SVD_INIT_KEYS = ("svd_init_save_base", "svd_init_exact")
 # Axolotl ignores keys its schema does not know, so a typo in one of ours would train silently
 # with the default: every key under these prefixes must be one of ours
 OWN_KEY_PREFIXES = ("droplora_", "svd_init_")
@@ -80,6 +80,17 @@ class DropLoRAArgs(BaseModel):
         },
     )
 
+    svd_init_exact: bool | None = Field(
+        default=None,
+        json_schema_extra={
+            "description": "With `peft_init_lora_weights: milora`: true keeps the base weights W and "
+            "subtracts s·B0·A0 in the forward, so a bf16 model starts from the base model exactly "
+            "(bit for bit), at the cost of a frozen copy of A0, B0 and two rank-r matmuls per layer. "
+            "Default false: the residual base W_p = W − s·B0·A0 is stored in the weights' dtype, as "
+            "in the papers' code, which in bf16 rounds away most of the minor components."
+        },
+    )
+
     @field_validator("droplora_rank_dropout", mode="before")
     @classmethod
     def _p_in_range(cls, p):
@@ -112,7 +123,8 @@ class DropLoRAArgs(BaseModel):
         if init:
             _check_whole_weights(data, init)
             _check_converted_saves(data)
-        elif data.get("svd_init_save_base") is not None:
+        _check_exact(data, init)
+        if not init and data.get("svd_init_save_base") is not None:
             raise ValueError(
                 "svd_init_save_base is set, but neither MiLoRA nor PiSSA is: add "
                 "`peft_init_lora_weights: milora` (or pissa), or remove svd_init_save_base"
@@ -198,6 +210,26 @@ def _check_milora(data: dict) -> None:
 def _quantized_base_key(data: dict) -> str | None:
     """The key that loads the base quantized (`load_in_4bit` / `load_in_8bit`), if one does."""
     return next((key for key in ("load_in_4bit", "load_in_8bit") if data.get(key)), None)
+
+
+def _check_exact(data: dict, init: str | None) -> None:
+    if not data.get("svd_init_exact"):
+        return
+    if init != MILORA:
+        # PEFT's PiSSA writes the rounded W_p into the base before any plugin hook sees it
+        raise ValueError(
+            f"`svd_init_exact: true` needs `peft_init_lora_weights: {MILORA}` (got "
+            f"{init or data.get('peft_init_lora_weights')}): "
+            + ("PEFT's PiSSA init writes the rounded residual W_p into the base weights before the "
+               "plugin sees the model, so W is no longer there to keep. Remove svd_init_exact."
+               if init else "it changes how MiLoRA's residual base is kept. Remove svd_init_exact.")
+        )
+    if data.get("peft_use_dora"):
+        raise ValueError(
+            "`svd_init_exact: true` does not support DoRA (`peft_use_dora: true`): DoRA normalises "
+            "by the norm of the base weight plus s·B·A, which would have to be W_p. Remove "
+            "svd_init_exact or peft_use_dora."
+        )
 
 
 def _check_whole_weights(data: dict, init: str) -> None:

@@ -54,6 +54,7 @@ class Method:
     init: str | None = None  # "milora", "pissa", "pissa_niter_N"; None for LoRA's own
     save_base: str = "original"
     defaulted: tuple[str, ...] = ()
+    exact_init: bool = False  # svd_init_exact: W kept, −s·B0·A0 in the forward (exact_init.py)
 
     @classmethod
     def from_recipe(cls, cfg) -> Method | None:
@@ -76,6 +77,7 @@ class Method:
             init=init,
             save_base=values.get("svd_init_save_base", "original"),
             defaulted=tuple(key for key in keys if cfg.get(key) is None),
+            exact_init=bool(init and cfg.get("svd_init_exact")),
         )
 
     @property
@@ -191,6 +193,9 @@ class Card:
             lines.append(f"- **{method.init_name}** ({paper}, `peft_init_lora_weights: {method.init}`): A and B "
                          f"start from the r {which} singular triplets of each weight W; training ran on the "
                          f"residual base W_p = W − s·B0·A0.")
+            if method.exact_init:
+                lines.append("  - exact (`svd_init_exact: true`): the base weights stayed W and the forward "
+                             "subtracted s·B0·A0·x, so training started from the base model bit for bit")
             if method.converted:
                 lines.append(f"  - saved for the original base (`svd_init_save_base: original`"
                              f"{default['svd_init_save_base'].replace(' (', ', the ').rstrip(')')}): "

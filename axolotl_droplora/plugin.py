@@ -33,6 +33,7 @@ def callback_for(cfg: DictDefault) -> DropLoRACallback | None:
         rescale=method.rescale,
         milora=method.init == MILORA,
         save_base=method.save_base,
+        exact_init=method.exact_init,
         # rl: dpo/ipo/kto/grpo…: TRL's reference must be the starting model, not W_p
         reference_adapter=bool(cfg.rl),
     )

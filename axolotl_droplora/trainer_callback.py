@@ -54,7 +54,12 @@ REFERENCE_ADAPTER = "ref"
 
 class DropLoRACallback(TrainerCallback):
     """Rank dropout (`rank_dropout=p`, None for none), MiLoRA init (`milora=True`), and saves
-    converted for the original base after MiLoRA or PiSSA (`save_base="original"`)."""
+    converted for the original base after MiLoRA or PiSSA (`save_base="original"`).
+
+    `exact_init=True` (`svd_init_exact`, MiLoRA only): keep W as the base weight and subtract
+    s·B0·A0 in the forward (exact_init.py), so that a bf16 model starts from the base exactly.
+    Raises ValueError for bad arguments, naming them.
+    """
 
     def __init__(
         self,
@@ -64,11 +69,18 @@ class DropLoRACallback(TrainerCallback):
         milora: bool = False,
         save_base: str = "original",
         reference_adapter: bool = False,
+        exact_init: bool = False,
     ):
         if rank_dropout is not None:
             check_rank_dropout_args(rank_dropout, mask_mode)
         if save_base not in SAVE_BASES:
             raise ValueError(f"save_base must be one of {', '.join(SAVE_BASES)}, got {save_base!r}")
+        if exact_init and not milora:
+            # PEFT's PiSSA has rounded W_p into the base weight before a callback sees the model
+            raise ValueError("exact_init (svd_init_exact) needs milora=True (peft_init_lora_weights: "
+                             "milora): PEFT's PiSSA init writes the rounded W_p into the base weights "
+                             "before the callback sees the model, so W is no longer there to keep")
+        self.exact_init = exact_init
         self.rank_dropout, self.mask_mode, self.rescale = rank_dropout, mask_mode, rescale
         self.milora, self.save_base = milora, save_base
         self.reference_adapter = reference_adapter
@@ -83,7 +95,7 @@ class DropLoRACallback(TrainerCallback):
         if self._prepared:
             return
         if self.milora:
-            init_milora(model)
+            init_milora(model, exact=self.exact_init)
         residual_init = "MiLoRA" if self.milora else "PiSSA" if _is_pissa(model) else None
         if residual_init and self.save_base == "original":
             self.initial_adapter = snapshot_initial_adapter(model)
@@ -91,9 +103,10 @@ class DropLoRACallback(TrainerCallback):
         elif residual_init:
             LOG.warning(f"{residual_init}: saving the residual form: the adapter is valid only on "
                         f"the residual base W_p, not on the original model")
-        if residual_init and self.reference_adapter:
+        if residual_init and self.reference_adapter and not self.exact_init:
             # after an SVD init the adapter-disabled model is W_p, not the starting model W: a
-            # frozen copy of A0, B0 makes the reference W_p + s·B0·A0 = W
+            # frozen copy of A0, B0 makes the reference W_p + s·B0·A0 = W. With exact_init the
+            # base weight is W itself, so the adapter-disabled model is already the reference
             _add_reference_adapter(model, snapshot_initial_adapter(model))
             LOG.info(f"{residual_init}: preference training uses a frozen '{REFERENCE_ADAPTER}' adapter "
                      f"holding the initial A0, B0 as its reference (the starting model)")
@@ -111,7 +124,7 @@ class DropLoRACallback(TrainerCallback):
     def _method(self, model) -> Method:
         init = str(model.peft_config[ACTIVE_ADAPTER].init_lora_weights) if _is_pissa(model) else None
         return Method(self.rank_dropout, self.mask_mode, self.rescale,
-                      "milora" if self.milora else init, self.save_base)
+                      "milora" if self.milora else init, self.save_base, exact_init=self.exact_init)
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         self._check_weights_are_loaded(args, model)

@@ -146,7 +146,7 @@ def test_a_misspelt_plugin_key_names_itself_and_the_closest_key(tmp_path, demo_d
 def test_an_unlike_plugin_key_lists_the_plugins_keys(tmp_path, demo_dir):
     message = error_of(tmp_path, demo_dir, droplora_temperature=2)
     assert ("unknown key `droplora_temperature`: the plugin's keys are droplora_rank_dropout, "
-            "droplora_mask_mode, droplora_rescale, svd_init_save_base") in message
+            "droplora_mask_mode, droplora_rescale, svd_init_save_base, svd_init_exact") in message
 
 
 @pytest.mark.parametrize(

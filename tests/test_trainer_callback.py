@@ -24,7 +24,7 @@ def records(demo_dir, split, n):
     return Dataset.from_list([{"text": f"{r['instruction']} {r['output']}"} for r in map(json.loads, lines)])
 
 
-def make_trainer(demo_dir, tmp_path, callback, r=8, alpha=16, **config):
+def make_trainer(demo_dir, tmp_path, callback, r=8, alpha=16, dtype=None, lora_kwargs=None, **config):
     settings = dict(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4,
                     per_device_eval_batch_size=4, learning_rate=5e-3, logging_steps=1,
                     save_strategy="no", report_to=[], max_length=64, use_cpu=True, seed=0,
@@ -32,12 +32,14 @@ def make_trainer(demo_dir, tmp_path, callback, r=8, alpha=16, **config):
                     # good: exact logit comparisons need float32 throughout
                     bf16=False)
     return SFTTrainer(
-        model=AutoModelForCausalLM.from_pretrained(demo_dir / "model"),
+        # dtype=torch.bfloat16: a bf16-loaded base (test_bf16.py); None: the checkpoint's float32
+        model=AutoModelForCausalLM.from_pretrained(demo_dir / "model", **({"dtype": dtype} if dtype else {})),
         args=SFTConfig(**{**settings, **config}),
         train_dataset=records(demo_dir, "train", 32),
         eval_dataset=records(demo_dir, "heldout", 8),
         processing_class=AutoTokenizer.from_pretrained(demo_dir / "model"),
-        peft_config=LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.05, target_modules=TARGETS),
+        peft_config=LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.05, target_modules=TARGETS,
+                               **(lora_kwargs or {})),
         callbacks=[callback],
     )
 

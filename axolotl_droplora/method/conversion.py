@@ -24,6 +24,8 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from .lora_layers import alpha_for_doubled_rank, lora_layers
 
+from .exact_init import remove_initial_term
+
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
 
@@ -147,8 +149,10 @@ def _rank_of(initial: dict[str, torch.Tensor]) -> int:
 def fold_into_original_base(model, initial: dict[str, torch.Tensor], adapter_name: str = "default") -> None:
     """In memory, at the end of training: W_p → W_p + s·B0·A0 and the adapter → rank 2r.
 
-    The model computes the same function before and after (up to the base dtype's rounding);
-    afterwards it is a plain LoRA on the original base, whatever saves it next.
+    The model computes the same function before and after (up to the base dtype's rounding; with
+    `svd_init_exact` the base weight is W already and stays untouched: the frozen −s·B0·A0 term
+    becomes the adapter's second half, up to the adapter dtype's rounding of the sum); afterwards it is a plain LoRA on the original base,
+    whatever saves it next.
     """
     for name, layer in lora_layers(model, adapter_name):
         a0, b0 = (initial[f"{name}.lora_{ab}.weight"] for ab in "AB")
@@ -156,7 +160,8 @@ def fold_into_original_base(model, initial: dict[str, torch.Tensor], adapter_nam
         a0, b0 = a0.to(lora_a.weight), b0.to(lora_b.weight)
         base = layer.get_base_layer().weight
         scaling = layer.scaling[adapter_name]
-        base.copy_((base.float() + scaling * (b0.float() @ a0.float())).to(base.dtype))
+        if not remove_initial_term(layer):  # svd_init_exact kept W itself as the base weight
+            base.copy_((base.float() + scaling * (b0.float() @ a0.float())).to(base.dtype))
         lora_a.weight = torch.nn.Parameter(torch.cat([lora_a.weight, a0]), lora_a.weight.requires_grad)
         lora_b.weight = torch.nn.Parameter(torch.cat([lora_b.weight, -b0], dim=1), lora_b.weight.requires_grad)
         lora_a.out_features = lora_b.in_features = lora_a.weight.shape[0]

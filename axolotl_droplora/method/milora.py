@@ -31,6 +31,7 @@ from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
 
 from .conversion import gathered
+from .exact_init import check_supported, install_initial_term
 from .lora_layers import lora_layers
 
 LOG = logging.getLogger(__name__)
@@ -87,8 +88,13 @@ def _target_layers(model: torch.nn.Module, adapter_name: str) -> list[tuple[str,
 
 
 @torch.no_grad()
-def init_milora(model: torch.nn.Module, adapter_name: str = "default") -> int:
+def init_milora(model: torch.nn.Module, adapter_name: str = "default", exact: bool = False) -> int:
     """Re-initialise every LoRA layer of `model` with MiLoRA, in place. Returns the layer count.
+
+    With `exact=True` (`svd_init_exact`) the base weights keep W and each layer subtracts
+    s·B0·A0·x in its forward instead (exact_init.py): the model starts from the base bit for bit,
+    where a bf16 W_p = W − s·B0·A0 would round most of the minor components away. Raises
+    ValueError for DoRA layers with `exact=True`, before changing anything.
 
     Under DeepSpeed ZeRO-3 each rank holds only a partition of every weight: the layers are
     gathered a few at a time (`conversion.gathered`, DeepSpeed's GatheredParameters, decided by
@@ -98,6 +104,8 @@ def init_milora(model: torch.nn.Module, adapter_name: str = "default") -> int:
     a single process computes.
     """
     layers = [layer for _, layer in _target_layers(model, adapter_name)]
+    for layer in layers if exact else []:
+        check_supported(layer, adapter_name)  # before anything changes
     by_rank = defaultdict(list)  # ranks differ between layers with lora_rank_pattern
     for layer in layers:
         by_rank[layer.r[adapter_name]].append(layer)
@@ -108,7 +116,7 @@ def init_milora(model: torch.nn.Module, adapter_name: str = "default") -> int:
                 with gathered(_init_params(chunk, adapter_name), modifier_rank=0):
                     weights = [layer.get_base_layer().weight for layer in chunk]
                     for layer, triplet in zip(chunk, minor_components(weights, rank, progress.update)):
-                        _set_minor_components(layer, adapter_name, *triplet)
+                        _set_minor_components(layer, adapter_name, *triplet, exact=exact)
     LOG.info(f"MiLoRA: initialised {len(layers)} layers in {time.perf_counter() - start:.2f} s")
     return len(layers)
 
@@ -189,7 +197,7 @@ def _smallest_eigenpairs(gram: torch.Tensor, rank: int) -> tuple[torch.Tensor, t
             torch.stack([torch.from_numpy(vectors) for _, vectors in pairs]))
 
 
-def _set_minor_components(layer: LoraLayer, adapter: str, u_m, s_m, vh_m) -> None:
+def _set_minor_components(layer: LoraLayer, adapter: str, u_m, s_m, vh_m, exact: bool = False) -> None:
     scaling = layer.scaling[adapter]
     root = torch.sqrt(s_m / scaling)
     lora_a, lora_b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
@@ -199,8 +207,11 @@ def _set_minor_components(layer: LoraLayer, adapter: str, u_m, s_m, vh_m) -> Non
     lora_a.copy_(root[:, None] * vh_m)  # diag(√(S_m/s)) · V_mᵀ
     # subtract what the stored (possibly bf16) A and B actually give, so W_p + s·B·A = W
     # holds for the model as it runs
-    delta = scaling * (lora_b.float() @ lora_a.float())
-    base.copy_((original - delta).to(base.dtype))
+    if exact:  # W stays; the forward subtracts s·B0·A0 (exact_init.py)
+        install_initial_term(layer, adapter)
+    else:
+        delta = scaling * (lora_b.float() @ lora_a.float())
+        base.copy_((original - delta).to(base.dtype))
     if layer.use_dora.get(adapter):
         # DoRA's magnitude is the row norm of the weight it normalises, W_p + s·B·A = W
         magnitude = layer.lora_magnitude_vector[adapter].weight

@@ -77,12 +77,17 @@ class RankDropout(nn.Module):
     def forward(self, a_x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return a_x
-        if self.mask_mode == "element" and self.rescale:
+        if self.mask_mode == "element" and self.rescale and _fused_dropout_scales_exactly(a_x):
             # the fused kernel, and the very masks nn.Dropout would draw from the same seed
             return F.dropout(a_x, self.p, training=True)
+        # the mask in the activation's dtype (0/1 is exact in any), drawn as F.dropout draws it on
+        # CPU, so the masks are nn.Dropout's there too
         keep = a_x.new_empty(self.mask_shape(a_x)).bernoulli_(1 - self.p)
         if self.rescale:
-            keep.div_(1 - self.p)
+            # the scale as a Python float: PyTorch multiplies bf16/fp16 by it in float32 and rounds
+            # once, so kept entries are A·x/(1−p) correctly rounded. A bf16 mask holding 1/(1−p)
+            # (what F.dropout on CPU does) rounds the scale itself: 1/0.7 → 1.4297, E[M] = 1.0008
+            return (a_x * keep).mul_(1 / (1 - self.p))
         return a_x * keep
 
     def mask_shape(self, a_x: torch.Tensor) -> tuple[int, ...]:
@@ -95,6 +100,13 @@ class RankDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, mask_mode={self.mask_mode}, rescale={self.rescale}"
+
+
+def _fused_dropout_scales_exactly(a_x: torch.Tensor) -> bool:
+    """Whether F.dropout scales A·x by exactly 1/(1−p): in float32/64 (where the scale is that
+    float), and on CUDA/XPU, where it runs the fused kernel (scaled in float32). Elsewhere (CPU,
+    MPS) in bf16/fp16 it scales by a mask holding 1/(1−p) rounded to that dtype."""
+    return a_x.dtype in (torch.float32, torch.float64) or a_x.device.type in ("cuda", "xpu")
 
 
 def _apply_rank_dropout(lora_a: nn.Module, inputs, a_x: torch.Tensor) -> torch.Tensor:
