@@ -86,7 +86,7 @@ class DropLoRAArgs(BaseModel):
             "description": "With `peft_init_lora_weights: milora`: true keeps the base weights W and "
             "subtracts s·B0·A0 in the forward, so a bf16 model starts from the base model exactly "
             "(bit for bit), at the cost of a frozen copy of A0, B0 and two rank-r matmuls per layer. "
-            "Default false: the residual base W_p = W − s·B0·A0 is stored in the weights' dtype, as "
+            "Default false. Then the residual base W_p = W − s·B0·A0 is stored in the weights' dtype, as "
             "in the papers' code, which in bf16 rounds away most of the minor components."
         },
     )

@@ -33,9 +33,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from axolotl_droplora import DropLoRACallback
-from axolotl_droplora.answer_loss import answer_nll
-from axolotl_droplora.demo import make_demo
-from axolotl_droplora.evaluate import MATH_PROMPT
+from axolotl_droplora.eval.answer_loss import answer_nll
+from axolotl_droplora.demo.task import make_demo
+from axolotl_droplora.eval.prompts import MATH_PROMPT
 
 TARGETS = {"q,v,up,down": ["q_proj", "v_proj", "up_proj", "down_proj"],
            "q,k,v,up,down": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]}

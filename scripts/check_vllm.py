@@ -293,7 +293,17 @@ def _error(err: BaseException) -> dict:
 
 def run_session(spec: dict, work: Path, label: str, timeout: int = 900) -> dict:
     """vllm_session in a fresh interpreter, so that each engine's memory and threads go with it."""
+    only = os.environ.get("CHECK_VLLM_ONLY_SESSIONS")
+    if only and label not in only.split(","):
+        return {"spec": {k: v for k, v in spec.items() if k != "prompts"}, "requests": {}, "wall_seconds": 0,
+                "session_error": "skipped (CHECK_VLLM_ONLY_SESSIONS)"}
     spec_file, out_file = work / f"session-{label}.json", work / f"session-{label}.out.json"
+    if (os.environ.get("CHECK_VLLM_REUSE_SESSIONS") and out_file.exists() and spec_file.exists()
+            and json.loads(spec_file.read_text()) == json.loads(json.dumps(spec))):
+        result = json.loads(out_file.read_text())  # the same engine and requests, run before
+        if "session_error" not in result:
+            print(f"check_vllm: vLLM session {label}: reused {out_file}", flush=True)
+            return result
     spec_file.write_text(json.dumps(spec))
     out_file.unlink(missing_ok=True)
     log = work / f"session-{label}.log"
@@ -312,6 +322,7 @@ def run_session(spec: dict, work: Path, label: str, timeout: int = 900) -> dict:
                   "session_error": f"the vLLM process ended ({code}) without a result; log tail:\n"
                                    + _tail(log.read_text(errors="replace"), 40), "requests": {}}
     result["returncode"], result["wall_seconds"], result["log"] = code, round(time.time() - started, 1), str(log)
+    atomic_write(out_file, json.dumps(result, default=str))
     print(f"check_vllm: vLLM session {label}: {result['wall_seconds']} s, "
           + ("engine error" if "engine_error" in result else "session error" if "session_error" in result
              else ", ".join(f"{k}: {'error' if 'error' in v else 'ok'}" for k, v in result["requests"].items())),
@@ -396,33 +407,51 @@ def serve(base: Path, work: Path, venv: str, started_at: float | None) -> None:
     # (d) as PEFT itself loads it on W_p: the same adapter with init_lora_weights true, so that PEFT does
     # not re-run PiSSA on the residual base (what PEFT does with an adapter whose config says "pissa")
     d_plain = work / "adapters" / "d-pissa-residual-init-true"
-    shutil.rmtree(d_plain, ignore_errors=True)
-    shutil.copytree(d["dir"], d_plain, ignore=shutil.ignore_patterns("README.md", "training_args.bin"))
-    config = json.loads((d_plain / "adapter_config.json").read_text())
-    config["init_lora_weights"] = True
-    (d_plain / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    if not (d_plain / "adapter_config.json").exists() or (d_plain / "adapter_model.safetensors").read_bytes() != (
+            Path(d["dir"]) / "adapter_model.safetensors").read_bytes():
+        shutil.rmtree(d_plain, ignore_errors=True)
+        shutil.copytree(d["dir"], d_plain, ignore=shutil.ignore_patterns("README.md", "training_args.bin"))
+        config = json.loads((d_plain / "adapter_config.json").read_text())
+        config["init_lora_weights"] = True
+        (d_plain / "adapter_config.json").write_text(json.dumps(config, indent=2))
 
-    print("check_vllm: PEFT references (float32, greedy)", flush=True)
     import hashlib
 
-    key = hashlib.sha256((work / "adapters.json").read_bytes() + json.dumps(prompts).encode()).hexdigest()
+    # CHECK_VLLM_REFS (comma-separated labels) and CHECK_VLLM_REF_PROMPTS (the first N prompts) cut the
+    # PEFT references short where CPU time is scarce; the report says what was compared
+    wanted = [x for x in os.environ.get("CHECK_VLLM_REFS", "").split(",") if x]
+    ref_prompts = prompts[:int(os.environ.get("CHECK_VLLM_REF_PROMPTS", len(prompts)))]
+    key = hashlib.sha256((work / "adapters.json").read_bytes() + json.dumps([ref_prompts, wanted]).encode()
+                         ).hexdigest()
     cache = work / "peft-reference.json"
-    if cache.exists() and json.loads(cache.read_text()).get("key") == key:
+    if os.environ.get("CHECK_VLLM_SESSIONS_ONLY"):
+        reference = {"skipped": True}
+    elif cache.exists() and json.loads(cache.read_text()).get("key") == key:
         reference = json.loads(cache.read_text())["reference"]
         print("check_vllm: PEFT references reused from", cache, flush=True)
     else:
         reference = None
-    reference = reference or {
-        "base": peft_generate(str(base), None, prompts),
-        "a-droplora": peft_generate(str(base), a["dir"], prompts),
-        "b-milora-droplora": peft_generate(str(base), b["dir"], prompts),
-        "c-dora-droplora": peft_generate(str(base), c["dir"], prompts),
-        "d-pissa-residual": peft_generate(residual, str(d_plain), prompts),
+    if reference is None:
+        print("check_vllm: PEFT references (float32, greedy)", flush=True)
+    jobs = {
+        "base": (str(base), None),
+        "a-droplora": (str(base), a["dir"]),
+        "b-milora-droplora": (str(base), b["dir"]),
+        "d-pissa-residual": (residual, str(d_plain)),
+        "c-dora-droplora": (str(base), c["dir"]),
         # the adapter as saved, on the original base: PEFT re-runs PiSSA there (rebuilding W_p itself)
-        "d-pissa-as-saved-on-original": peft_generate(str(base), d["dir"], prompts),
-        "residual-base": peft_generate(residual, None, prompts),
+        "d-pissa-as-saved-on-original": (str(base), d["dir"]),
+        "residual-base": (residual, None),
     }
-    atomic_write(cache, json.dumps({"key": key, "reference": reference}))
+    if reference is None:
+        reference = {}
+        for label, (on, adapter) in jobs.items():
+            if wanted and label not in wanted:
+                continue
+            reference[label] = peft_generate(on, adapter, ref_prompts)
+            print(f"check_vllm: PEFT {label}: {reference[label]['seconds']} s", flush=True)
+    if "skipped" not in reference:
+        atomic_write(cache, json.dumps({"key": key, "reference": reference}))
     # (a) relabelled with other inits, to see which init names vLLM itself refuses (the card's list
     # of inits vLLM knows is True, False, "gaussian"): an init that only sets the starting A, B
     # ("eva") and one that changes the base weights when PEFT loads it ("olora")
@@ -449,6 +478,19 @@ def serve(base: Path, work: Path, venv: str, started_at: float | None) -> None:
             {"label": "c-dora-droplora", "adapter": c["dir"]},  # expected refusal: last
             {"label": "base-after-refusal", "adapter": None},
         ]}, work, "original-base")
+    # 3. --max-lora-rank below the MiLoRA adapter's saved rank (2r): vLLM's refusal
+    sessions["rank-too-small"] = run_session({
+        "model": str(base), "max_lora_rank": b_rank // 2, "prompts": prompts[:1], "requests": [
+            {"label": "b-milora-droplora-rank-too-small", "adapter": b["dir"]},
+            {"label": "c-dora-droplora-again", "adapter": c["dir"]},
+            {"label": "d-pissa-as-saved-again", "adapter": d["dir"]},
+            {"label": "a-droplora-as-olora-again", "adapter": relabelled["olora"]},
+        ]}, work, "rank-too-small")
+    # 4. a --max-lora-rank that is not one of vLLM's allowed values (fails when the engine is made)
+    sessions["rank-not-allowed"] = run_session({
+        "model": str(base), "max_lora_rank": 24, "prompts": prompts[:1], "requests": []},
+        work, "rank-not-allowed", timeout=300)
+
     # 2. the residual base W_p with the PiSSA adapter as saved, and with init_lora_weights true
     sessions["residual-base"] = run_session({
         "model": residual, "max_lora_rank": 8, "prompts": prompts, "requests": [
@@ -456,16 +498,9 @@ def serve(base: Path, work: Path, venv: str, started_at: float | None) -> None:
             {"label": "d-pissa-residual", "adapter": d["dir"]},
             {"label": "d-pissa-residual-init-true", "adapter": str(d_plain)},
         ]}, work, "residual-base")
-    # 3. --max-lora-rank below the MiLoRA adapter's saved rank (2r): vLLM's refusal
-    sessions["rank-too-small"] = run_session({
-        "model": str(base), "max_lora_rank": b_rank // 2, "prompts": prompts[:1], "requests": [
-            {"label": "b-milora-droplora", "adapter": b["dir"]},
-        ]}, work, "rank-too-small")
-    # 4. a --max-lora-rank that is not one of vLLM's allowed values (fails when the engine is made)
-    sessions["rank-not-allowed"] = run_session({
-        "model": str(base), "max_lora_rank": 24, "prompts": prompts[:1], "requests": []},
-        work, "rank-not-allowed", timeout=300)
-
+    if "skipped" in reference:
+        print("check_vllm: sessions only (CHECK_VLLM_SESSIONS_ONLY): no comparison, no report", flush=True)
+        return
     served = {label: entry for s in sessions.values() for label, entry in s["requests"].items()}
     comparisons = {}
     pairs = [("base", "base", "vLLM base model (no adapter) vs transformers"),
@@ -481,7 +516,10 @@ def serve(base: Path, work: Path, venv: str, started_at: float | None) -> None:
              ("base", "base-after-refusal", "vLLM base model again, after the refusals (the engine still serves)")]
     for ref_label, served_label, title in pairs:
         got = served.get(served_label)
-        if got is None:
+        if got is not None and "error" not in got and ref_label not in reference:
+            comparisons[served_label] = {"title": title, "status": "served, no PEFT reference (CPU time)",
+                                         "vllm_tokens": [o["tokens"] for o in got["outputs"]]}
+        elif got is None:
             comparisons[served_label] = {"title": title, "status": "not run"}
         elif "error" in got:
             comparisons[served_label] = {"title": title, "status": "refused/failed", "error": got["error"]}
@@ -492,11 +530,14 @@ def serve(base: Path, work: Path, venv: str, started_at: float | None) -> None:
     # does the adapter change anything? (the generations differ from the base model's)
     adapter_effect = {}
     for label in ("a-droplora", "b-milora-droplora", "c-dora-droplora", "d-pissa-residual"):
-        ref_base = reference["residual-base" if label.startswith("d-") else "base"]
+        ref_base = reference.get("residual-base" if label.startswith("d-") else "base")
+        if ref_base is None or label not in reference:
+            continue
         adapter_effect[label] = sum(x["tokens"] != y["tokens"] for x, y in
                                     zip(reference[label]["outputs"], ref_base["outputs"]))
     # the PiSSA save as saved, on the original base, in PEFT: equal to PEFT on W_p?
-    peft_pissa_on_original = compare(reference["d-pissa-residual"], reference["d-pissa-as-saved-on-original"])
+    peft_pissa_on_original = (compare(reference["d-pissa-residual"], reference["d-pissa-as-saved-on-original"])
+                              if {"d-pissa-residual", "d-pissa-as-saved-on-original"} <= reference.keys() else None)
 
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -507,6 +548,7 @@ def serve(base: Path, work: Path, venv: str, started_at: float | None) -> None:
                           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE"),
                           "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "temperature": 0, "max_tokens": MAX_NEW_TOKENS},
         "prompts": PROMPTS, "prompt_token_ids": prompts,
+        "peft_reference_prompts": len(ref_prompts), "peft_references": sorted(reference),
         "adapters": {k: {kk: vv for kk, vv in v.items()} for k, v in items.items()},
         "peft_reference_seconds": {k: v["seconds"] for k, v in reference.items()},
         "peft_reference_tokens": {k: [o["tokens"] for o in v["outputs"]] for k, v in reference.items()},
@@ -571,7 +613,7 @@ def render(r: dict) -> str:
             err = c.get("error", {}).get("message", "")
             lines.append(f"| {c['title']} | **{c['status']}** | - | - | {_oneline(err)} |")
     p = r["peft_pissa_as_saved_on_original_vs_on_residual"]
-    lines += ["", f"Vanilla PEFT with the PiSSA residual save *as saved* (config `init_lora_weights: pissa`) on the "
+    if p: lines += ["", f"Vanilla PEFT with the PiSSA residual save *as saved* (config `init_lora_weights: pissa`) on the "
                   f"**original** base vs PEFT with it on W_p: {p['prompts_equal']}/{p['prompts']} prompts equal "
                   f"({p['tokens_compared']} tokens): PEFT re-runs PiSSA on the base it is given, which rebuilds W_p "
                   f"from the original weights.", ""]
