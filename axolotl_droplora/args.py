@@ -8,9 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from .method.lora_layers import MILORA, is_svd_init
 from .method.milora import META_WEIGHTS_REASON, loads_weights_on_rank_0_only
 from .method.rank_dropout import check_rank_dropout_args
-from .method.lora_layers import MILORA, is_svd_init
 
 ADAPTER = "droplora"
 QLORA = "qlora"  # Axolotl quantizes the base to 4 bits only for its own adapter names
@@ -136,8 +136,10 @@ class DropLoRAArgs(BaseModel):
             for key in switched:
                 data[key] = False
             if switched:
-                LOG.warning(f"DropLoRA on adapter: {QLORA}: {', '.join(switched)} set to false: the "
-                            f"fused kernels never call lora_A, so the rank dropout would not run")
+                LOG.warning(
+                    f"DropLoRA on adapter: {QLORA}: {', '.join(switched)} set to false: the "
+                    f"fused kernels never call lora_A, so the rank dropout would not run"
+                )
             return data
         if adapter != ADAPTER:
             return data
@@ -170,9 +172,11 @@ def _check_own_key_names(data: dict) -> None:
         key = unknown[0]
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
         hint = f"did you mean `{close[0]}`?" if close else f"the plugin's keys are {', '.join(known)}"
-        raise ValueError(f"unknown key `{key}`: {hint} (the DropLoRA plugin owns every "
-                         f"{'/'.join(k + '*' for k in OWN_KEY_PREFIXES)} key; a misspelt one would "
-                         f"otherwise be ignored and train with the default)")
+        raise ValueError(
+            f"unknown key `{key}`: {hint} (the DropLoRA plugin owns every "
+            f"{'/'.join(k + '*' for k in OWN_KEY_PREFIXES)} key; a misspelt one would "
+            f"otherwise be ignored and train with the default)"
+        )
 
 
 def _check_svd_init_value(data: dict) -> None:
@@ -184,13 +188,15 @@ def _check_svd_init_value(data: dict) -> None:
         return
     folded = init.lower().replace("-", "").replace("_", "")
     if folded.startswith("pissa"):
-        meant = "pissa" + init[len("pissa"):].lower() if init.lower().startswith("pissa") else "pissa"
+        meant = "pissa" + init[len("pissa") :].lower() if init.lower().startswith("pissa") else "pissa"
     elif difflib.get_close_matches(folded, [MILORA], n=1, cutoff=0.75):
         meant = MILORA
     else:
         return  # another PEFT init (gaussian, olora, eva, …): PEFT checks it
-    raise ValueError(f"`peft_init_lora_weights: {init}` is not a known init: did you mean "
-                     f"`peft_init_lora_weights: {meant}`? (the values are case-sensitive)")
+    raise ValueError(
+        f"`peft_init_lora_weights: {init}` is not a known init: did you mean "
+        f"`peft_init_lora_weights: {meant}`? (the values are case-sensitive)"
+    )
 
 
 def _check_milora(data: dict) -> None:
@@ -220,9 +226,12 @@ def _check_exact(data: dict, init: str | None) -> None:
         raise ValueError(
             f"`svd_init_exact: true` needs `peft_init_lora_weights: {MILORA}` (got "
             f"{init or data.get('peft_init_lora_weights')}): "
-            + ("PEFT's PiSSA init writes the rounded residual W_p into the base weights before the "
-               "plugin sees the model, so W is no longer there to keep. Remove svd_init_exact."
-               if init else "it changes how MiLoRA's residual base is kept. Remove svd_init_exact.")
+            + (
+                "PEFT's PiSSA init writes the rounded residual W_p into the base weights before the "
+                "plugin sees the model, so W is no longer there to keep. Remove svd_init_exact."
+                if init
+                else "it changes how MiLoRA's residual base is kept. Remove svd_init_exact."
+            )
         )
     if data.get("peft_use_dora"):
         raise ValueError(

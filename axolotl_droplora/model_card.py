@@ -65,8 +65,11 @@ class Method:
         rank_dropout = asks_for_rank_dropout(cfg)
         if not rank_dropout and not init:
             return None
-        keys = {"droplora_rank_dropout": DEFAULT_RANK_DROPOUT, "droplora_mask_mode": "element",
-                "droplora_rescale": True} if rank_dropout else {}
+        keys = (
+            {"droplora_rank_dropout": DEFAULT_RANK_DROPOUT, "droplora_mask_mode": "element", "droplora_rescale": True}
+            if rank_dropout
+            else {}
+        )
         if init:
             keys["svd_init_save_base"] = "original"
         values = {key: default if cfg.get(key) is None else cfg.get(key) for key, default in keys.items()}
@@ -91,7 +94,8 @@ class Method:
 
     def tags(self) -> list[str]:
         return ([] if self.rank_dropout is None else ["droplora"]) + (
-            [] if self.init is None else [self.init_name.lower()])
+            [] if self.init is None else [self.init_name.lower()]
+        )
 
 
 @dataclass
@@ -109,16 +113,22 @@ def serving_facts(adapter_config: dict) -> ServingFacts:
     needed = next((rank for rank in VLLM_LORA_RANKS if rank >= saved), None)
     refusals = []
     if needed is None:
-        refusals.append(f"rank {saved} is above vLLM's largest --max-lora-rank "
-                        f"({VLLM_LORA_RANKS[-1]}): merge the adapter and serve the merged model")
+        refusals.append(
+            f"rank {saved} is above vLLM's largest --max-lora-rank "
+            f"({VLLM_LORA_RANKS[-1]}): merge the adapter and serve the merged model"
+        )
     if adapter_config.get("use_dora"):
-        refusals.append("use_dora: vLLM refuses DoRA adapters: merge the adapter (`axolotl merge-lora` "
-                        "or PEFT's merge_and_unload) and serve the merged model")
+        refusals.append(
+            "use_dora: vLLM refuses DoRA adapters: merge the adapter (`axolotl merge-lora` "
+            "or PEFT's merge_and_unload) and serve the merged model"
+        )
     init = adapter_config.get("init_lora_weights", True)
     if init not in VLLM_KNOWN_INITS:
-        refusals.append(f"init_lora_weights {init!r}: vLLM refuses an init it does not know (an adapter "
-                        f"saved as trained on a residual base): merge it into that base and serve the "
-                        f"merged model, or train with svd_init_save_base: original")
+        refusals.append(
+            f"init_lora_weights {init!r}: vLLM refuses an init it does not know (an adapter "
+            f"saved as trained on a residual base): merge it into that base and serve the "
+            f"merged model, or train with svd_init_save_base: original"
+        )
     return ServingFacts(saved, needed, refusals)
 
 
@@ -126,11 +136,15 @@ def vllm_lines(facts: ServingFacts) -> list[str]:
     """The serving facts in words, as the card and check-adapter print them."""
     lines = []
     if facts.max_lora_rank is not None:
-        default = (f"its default {VLLM_DEFAULT_MAX_LORA_RANK} is enough"
-                   if facts.max_lora_rank <= VLLM_DEFAULT_MAX_LORA_RANK
-                   else f"its default is {VLLM_DEFAULT_MAX_LORA_RANK}")
-        lines.append(f"saved rank {facts.saved_rank}: vLLM needs --max-lora-rank {facts.max_lora_rank} or more "
-                     f"(one of {', '.join(map(str, VLLM_LORA_RANKS))}; {default})")
+        default = (
+            f"its default {VLLM_DEFAULT_MAX_LORA_RANK} is enough"
+            if facts.max_lora_rank <= VLLM_DEFAULT_MAX_LORA_RANK
+            else f"its default is {VLLM_DEFAULT_MAX_LORA_RANK}"
+        )
+        lines.append(
+            f"saved rank {facts.saved_rank}: vLLM needs --max-lora-rank {facts.max_lora_rank} or more "
+            f"(one of {', '.join(map(str, VLLM_LORA_RANKS))}; {default})"
+        )
     return lines + [f"vLLM refuses it as it is: {refusal}" for refusal in facts.refusals]
 
 
@@ -148,8 +162,12 @@ class Card:
         """From the PEFT model, before training (the adapter's r is the trained r)."""
         base = model.get_base_model()
         config = json.loads(json.dumps(model.peft_config["default"].to_dict(), default=_jsonable))
-        return cls(method, config, str(base.config.name_or_path or "BASE_MODEL"),
-                   bool(getattr(base, "is_quantized", False) or getattr(base.config, "quantization_config", None)))
+        return cls(
+            method,
+            config,
+            str(base.config.name_or_path or "BASE_MODEL"),
+            bool(getattr(base, "is_quantized", False) or getattr(base.config, "quantization_config", None)),
+        )
 
     @property
     def saved(self) -> dict:
@@ -158,19 +176,27 @@ class Card:
 
     def summary(self) -> dict:
         facts = serving_facts(self.saved)
-        return {"tags": self.method.tags(), **asdict(self.method), "trained_rank": self.trained["r"],
-                "saved_rank": facts.saved_rank, "vllm_max_lora_rank": facts.max_lora_rank,
-                "vllm_refusals": facts.refusals, "base_model": self.base_model, "quantized": self.quantized}
+        return {
+            "tags": self.method.tags(),
+            **asdict(self.method),
+            "trained_rank": self.trained["r"],
+            "saved_rank": facts.saved_rank,
+            "vllm_max_lora_rank": facts.max_lora_rank,
+            "vllm_refusals": facts.refusals,
+            "base_model": self.base_model,
+            "quantized": self.quantized,
+        }
 
     def section(self) -> str:
         return "\n".join([f"{BEGIN} {json.dumps(self.summary())} -->", *self._lines(), END])
 
     def _lines(self) -> list[str]:
         method, trained, saved = self.method, self.trained, self.saved
-        names = (["DropLoRA"] if method.rank_dropout is not None else []) + (
-            [method.init_name] if method.init else [])
-        default = {key: " (default)" if key in method.defaulted else "" for key in
-                   ("droplora_rank_dropout", "droplora_mask_mode", "droplora_rescale", "svd_init_save_base")}
+        names = (["DropLoRA"] if method.rank_dropout is not None else []) + ([method.init_name] if method.init else [])
+        default = {
+            key: " (default)" if key in method.defaulted else ""
+            for key in ("droplora_rank_dropout", "droplora_mask_mode", "droplora_rescale", "svd_init_save_base")
+        }
         lines = [f"## Training method: {' + '.join(names)} (axolotl-droplora)", ""]
         if method.rank_dropout is not None:
             lines += [
@@ -178,11 +204,13 @@ class Card:
                 f"h = W0·x + s·B·(M ⊙ A·x), a new mask M at every training step.",
                 f"  - p = {method.rank_dropout}{default['droplora_rank_dropout']}: the chance that a rank "
                 f"channel is dropped in a step",
-                f"  - mask mode `{method.mask_mode}`{default['droplora_mask_mode']}: "
-                f"{MASK_MEANINGS[method.mask_mode]}",
+                f"  - mask mode `{method.mask_mode}`{default['droplora_mask_mode']}: {MASK_MEANINGS[method.mask_mode]}",
                 f"  - rescale {str(method.rescale).lower()}{default['droplora_rescale']}: kept channels ×"
-                + (" 1/(1−p) in training" if method.rescale else " 1 (the train-time update is (1−p) "
-                                                                 "times smaller in expectation)"),
+                + (
+                    " 1/(1−p) in training"
+                    if method.rescale
+                    else " 1 (the train-time update is (1−p) times smaller in expectation)"
+                ),
                 "  - training only: at inference this is an ordinary LoRA, and the saved adapter is a plain "
                 "PEFT LoRA (`peft_type: LORA`)",
             ]
@@ -190,48 +218,77 @@ class Card:
             milora = method.init_name == "MiLoRA"
             paper = f"[arXiv 2406.09044]({MILORA_PAPER})" if milora else f"[arXiv 2404.02948]({PISSA_PAPER})"
             which = "smallest" if milora else "largest"
-            lines.append(f"- **{method.init_name}** ({paper}, `peft_init_lora_weights: {method.init}`): A and B "
-                         f"start from the r {which} singular triplets of each weight W; training ran on the "
-                         f"residual base W_p = W − s·B0·A0.")
+            lines.append(
+                f"- **{method.init_name}** ({paper}, `peft_init_lora_weights: {method.init}`): A and B "
+                f"start from the r {which} singular triplets of each weight W; training ran on the "
+                f"residual base W_p = W − s·B0·A0."
+            )
             if method.exact_init:
-                lines.append("  - exact (`svd_init_exact: true`): the base weights stayed W and the forward "
-                             "subtracted s·B0·A0·x, so training started from the base model bit for bit")
+                lines.append(
+                    "  - exact (`svd_init_exact: true`): the base weights stayed W and the forward "
+                    "subtracted s·B0·A0·x, so training started from the base model bit for bit"
+                )
             if method.converted:
-                lines.append(f"  - saved for the original base (`svd_init_save_base: original`"
-                             f"{default['svd_init_save_base'].replace(' (', ', the ').rstrip(')')}): "
-                             f"A' = [A; A0], B' = [B, −B0], so **rank "
-                             f"{saved['r']} = 2 × {trained['r']} after {method.init_name} conversion**, "
-                             f"lora_alpha {_number(saved['lora_alpha'])} (same scaling)")
+                lines.append(
+                    f"  - saved for the original base (`svd_init_save_base: original`"
+                    f"{default['svd_init_save_base'].replace(' (', ', the ').rstrip(')')}): "
+                    f"A' = [A; A0], B' = [B, −B0], so **rank "
+                    f"{saved['r']} = 2 × {trained['r']} after {method.init_name} conversion**, "
+                    f"lora_alpha {_number(saved['lora_alpha'])} (same scaling)"
+                )
             else:
-                lines.append(f"  - **saved as trained** (`svd_init_save_base: residual`): valid ONLY on the "
-                             f"residual base W_p, not on {self.base_model}; rebuild W_p before loading it")
+                lines.append(
+                    f"  - **saved as trained** (`svd_init_save_base: residual`): valid ONLY on the "
+                    f"residual base W_p, not on {self.base_model}; rebuild W_p before loading it"
+                )
         rule = scaling_rule(trained.get("use_rslora", False))
         value = scaling(trained["lora_alpha"], trained["r"], trained.get("use_rslora", False))
         targets = trained.get("target_modules")
         targets = ", ".join(sorted(targets)) if isinstance(targets, list) else targets
-        lines.append(f"- LoRA r = {trained['r']}, lora_alpha = {_number(trained['lora_alpha'])}, scaling "
-                     f"{rule} = {_number(value)}, lora_dropout = {trained.get('lora_dropout', 0.0)}, targets: "
-                     f"{targets}" + ("; DoRA (`use_dora`)" if trained.get("use_dora") else ""))
-        lines.append(f"- saved adapter: rank {saved['r']}, on {self.base_model}"
-                     + (" quantized to 4 bits (QLoRA)" if self.quantized else ""))
-        lines += ["", "### Load and merge (vanilla PEFT, no axolotl-droplora needed)", "", "```python",
-                  "from peft import PeftModel",
-                  "from transformers import AutoModelForCausalLM", "",
-                  f'base = AutoModelForCausalLM.from_pretrained("{self.base_model}")',
-                  'model = PeftModel.from_pretrained(base, "path/to/this/adapter")  # folder or hub repo',
-                  "merged = model.merge_and_unload()  # or: axolotl merge-lora recipe.yml", "```"]
+        lines.append(
+            f"- LoRA r = {trained['r']}, lora_alpha = {_number(trained['lora_alpha'])}, scaling "
+            f"{rule} = {_number(value)}, lora_dropout = {trained.get('lora_dropout', 0.0)}, targets: "
+            f"{targets}" + ("; DoRA (`use_dora`)" if trained.get("use_dora") else "")
+        )
+        lines.append(
+            f"- saved adapter: rank {saved['r']}, on {self.base_model}"
+            + (" quantized to 4 bits (QLoRA)" if self.quantized else "")
+        )
+        lines += [
+            "",
+            "### Load and merge (vanilla PEFT, no axolotl-droplora needed)",
+            "",
+            "```python",
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM",
+            "",
+            f'base = AutoModelForCausalLM.from_pretrained("{self.base_model}")',
+            'model = PeftModel.from_pretrained(base, "path/to/this/adapter")  # folder or hub repo',
+            "merged = model.merge_and_unload()  # or: axolotl merge-lora recipe.yml",
+            "```",
+        ]
         if self.quantized:
-            lines += ["", "Trained on the 4-bit base: load it on the base quantized the same way (NF4) to get "
-                          "the trained model; merging into the full-precision base is close, not identical."]
+            lines += [
+                "",
+                "Trained on the 4-bit base: load it on the base quantized the same way (NF4) to get "
+                "the trained model; merging into the full-precision base is close, not identical.",
+            ]
         facts = serving_facts(saved)
         lines += ["", "### Serve with vLLM", ""]
         if facts.max_lora_rank is not None and not facts.refusals:
-            lines += ["```bash", f"vllm serve {self.base_model} --enable-lora --max-lora-rank "
-                      f"{facts.max_lora_rank} --lora-modules adapter=path/to/this/adapter", "```", ""]
+            lines += [
+                "```bash",
+                f"vllm serve {self.base_model} --enable-lora --max-lora-rank "
+                f"{facts.max_lora_rank} --lora-modules adapter=path/to/this/adapter",
+                "```",
+                "",
+            ]
         lines += [f"- {line}" for line in vllm_lines(facts)]
         if method.init and not method.converted:
-            lines.append(f"- on the original {self.base_model} it gives wrong outputs: vLLM has no residual "
-                         f"base; serve a model with W_p merged instead")
+            lines.append(
+                f"- on the original {self.base_model} it gives wrong outputs: vLLM has no residual "
+                f"base; serve a model with W_p merged instead"
+            )
         return lines
 
 
@@ -306,16 +363,22 @@ def summary_lines(summary: dict) -> list[str]:
     """A card's summary in words, for check-adapter."""
     parts = []
     if summary["rank_dropout"] is not None:
-        parts.append(f"DropLoRA p={summary['rank_dropout']} mask_mode={summary['mask_mode']} "
-                     f"rescale={str(summary['rescale']).lower()}")
+        parts.append(
+            f"DropLoRA p={summary['rank_dropout']} mask_mode={summary['mask_mode']} "
+            f"rescale={str(summary['rescale']).lower()}"
+        )
     method = Method(init=summary["init"], save_base=summary["save_base"])
     if method.init:
         parts.append(f"{method.init_name} ({summary['init']})")
     lines = [f"model card: trained with {' + '.join(parts)} on {summary['base_model']}"]
     if method.converted:
-        lines.append(f"saved for the original base: rank {summary['saved_rank']} = 2 × {summary['trained_rank']} "
-                     f"after {method.init_name} conversion")
+        lines.append(
+            f"saved for the original base: rank {summary['saved_rank']} = 2 × {summary['trained_rank']} "
+            f"after {method.init_name} conversion"
+        )
     elif method.init:
-        lines.append(f"saved as trained (svd_init_save_base: residual): valid ONLY on the residual base W_p, "
-                     f"not on {summary['base_model']}; vLLM and PEFT on the original base give wrong outputs")
+        lines.append(
+            f"saved as trained (svd_init_save_base: residual): valid ONLY on the residual base W_p, "
+            f"not on {summary['base_model']}; vLLM and PEFT on the original base give wrong outputs"
+        )
     return lines

@@ -13,11 +13,10 @@ from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 from axolotl.utils.dict import DictDefault
 from axolotl.utils.logging import get_logger
 
+from .args import ADAPTER, MILORA, SEQUENCE_MASK_WITH_PACKING, asks_for_rank_dropout, svd_init
 from .method.lora_layers import lora_layers
-from .args import ADAPTER, MILORA, asks_for_rank_dropout, svd_init
 from .model_card import Method, attach_to_trainer
 from .trainer_callback import DropLoRACallback
-from .args import SEQUENCE_MASK_WITH_PACKING
 
 LOG = get_logger(__name__)
 
@@ -95,8 +94,10 @@ class DropLoRAPlugin(BasePlugin):
         if self.callback and _has_lora(model):
             self.callback.prepare(model)
         elif self.callback:
-            LOG.info(f"DropLoRA: rl: {getattr(cfg.rl, 'value', cfg.rl)} builds the LoRA model in "
-                     f"TRL's trainer; the plugin's callback prepares it when training starts")
+            LOG.info(
+                f"DropLoRA: rl: {getattr(cfg.rl, 'value', cfg.rl)} builds the LoRA model in "
+                f"TRL's trainer; the plugin's callback prepares it when training starts"
+            )
 
     def post_trainer_create(self, cfg: DictDefault, trainer):
         self._zero3_config = None  # the trainer's arguments hold their own now

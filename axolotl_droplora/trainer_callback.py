@@ -36,10 +36,10 @@ from .method.conversion import (
     is_partitioned,
     snapshot_initial_adapter,
 )
-from .method.milora import META_WEIGHTS_REASON, init_milora, loads_weights_on_rank_0_only
-from .model_card import Card, Method, attach
-from .method.rank_dropout import check_rank_dropout_args, install_rank_dropout
 from .method.lora_layers import is_svd_init, lora_layers
+from .method.milora import META_WEIGHTS_REASON, init_milora, loads_weights_on_rank_0_only
+from .method.rank_dropout import check_rank_dropout_args, install_rank_dropout
+from .model_card import Card, Method, attach
 
 LOG = logging.getLogger(__name__)
 SAVE_BASES = ("original", "residual")
@@ -77,9 +77,11 @@ class DropLoRACallback(TrainerCallback):
             raise ValueError(f"save_base must be one of {', '.join(SAVE_BASES)}, got {save_base!r}")
         if exact_init and not milora:
             # PEFT's PiSSA has rounded W_p into the base weight before a callback sees the model
-            raise ValueError("exact_init (svd_init_exact) needs milora=True (peft_init_lora_weights: "
-                             "milora): PEFT's PiSSA init writes the rounded W_p into the base weights "
-                             "before the callback sees the model, so W is no longer there to keep")
+            raise ValueError(
+                "exact_init (svd_init_exact) needs milora=True (peft_init_lora_weights: "
+                "milora): PEFT's PiSSA init writes the rounded W_p into the base weights "
+                "before the callback sees the model, so W is no longer there to keep"
+            )
         self.exact_init = exact_init
         self.rank_dropout, self.mask_mode, self.rescale = rank_dropout, mask_mode, rescale
         self.milora, self.save_base = milora, save_base
@@ -101,21 +103,28 @@ class DropLoRACallback(TrainerCallback):
             self.initial_adapter = snapshot_initial_adapter(model)
             LOG.info(f"{residual_init}: saved adapters will be converted to rank 2r on the original base")
         elif residual_init:
-            LOG.warning(f"{residual_init}: saving the residual form: the adapter is valid only on "
-                        f"the residual base W_p, not on the original model")
+            LOG.warning(
+                f"{residual_init}: saving the residual form: the adapter is valid only on "
+                f"the residual base W_p, not on the original model"
+            )
         if residual_init and self.reference_adapter and not self.exact_init:
             # after an SVD init the adapter-disabled model is W_p, not the starting model W: a
             # frozen copy of A0, B0 makes the reference W_p + s·B0·A0 = W. With exact_init the
             # base weight is W itself, so the adapter-disabled model is already the reference
             _add_reference_adapter(model, snapshot_initial_adapter(model))
-            LOG.info(f"{residual_init}: preference training uses a frozen '{REFERENCE_ADAPTER}' adapter "
-                     f"holding the initial A0, B0 as its reference (the starting model)")
+            LOG.info(
+                f"{residual_init}: preference training uses a frozen '{REFERENCE_ADAPTER}' adapter "
+                f"holding the initial A0, B0 as its reference (the starting model)"
+            )
         if self.rank_dropout is not None:
-            hooked = install_rank_dropout(model, self.rank_dropout, self.mask_mode, self.rescale,
-                                          adapter_names=[ACTIVE_ADAPTER])
+            hooked = install_rank_dropout(
+                model, self.rank_dropout, self.mask_mode, self.rescale, adapter_names=[ACTIVE_ADAPTER]
+            )
             kinds = sorted({type(layer).__name__ for _, layer in lora_layers(model, adapter=None)})
-            LOG.info(f"DropLoRA: rank dropout p={self.rank_dropout} mask_mode={self.mask_mode} "
-                     f"rescale={self.rescale} on {len(hooked)} LoRA layers ({', '.join(kinds)})")
+            LOG.info(
+                f"DropLoRA: rank dropout p={self.rank_dropout} mask_mode={self.mask_mode} "
+                f"rescale={self.rescale} on {len(hooked)} LoRA layers ({', '.join(kinds)})"
+            )
         # before any save: the adapter's r here is the trained r, whatever conversion follows
         self.card = Card.of(self.method or self._method(model), model)
         attach(model, self.card)
@@ -123,8 +132,14 @@ class DropLoRACallback(TrainerCallback):
 
     def _method(self, model) -> Method:
         init = str(model.peft_config[ACTIVE_ADAPTER].init_lora_weights) if _is_pissa(model) else None
-        return Method(self.rank_dropout, self.mask_mode, self.rescale,
-                      "milora" if self.milora else init, self.save_base, exact_init=self.exact_init)
+        return Method(
+            self.rank_dropout,
+            self.mask_mode,
+            self.rescale,
+            "milora" if self.milora else init,
+            self.save_base,
+            exact_init=self.exact_init,
+        )
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         self._check_weights_are_loaded(args, model)
@@ -173,7 +188,8 @@ class DropLoRACallback(TrainerCallback):
             return
         now = snapshot_initial_adapter(model)
         changed = [
-            key for key, initial in self.initial_adapter.items()
+            key
+            for key, initial in self.initial_adapter.items()
             if key in now
             # relative, so that a bf16 cast by DeepSpeed does not count as a change
             and (now[key].float() - initial.float()).norm() > 0.05 * initial.float().norm()
@@ -191,8 +207,11 @@ class DropLoRACallback(TrainerCallback):
         if self.initial_adapter is None or not (checkpoint / RESUME_ADAPTER).is_dir():
             return
         saved = initial_adapter_of(checkpoint)
-        differs = [key for key, value in self.initial_adapter.items()
-                   if (saved[key].float() - value.float()).norm() > 1e-4 * value.float().norm()]
+        differs = [
+            key
+            for key, value in self.initial_adapter.items()
+            if (saved[key].float() - value.float()).norm() > 1e-4 * value.float().norm()
+        ]
         if differs:
             raise RuntimeError(
                 f"resuming from {checkpoint}: the SVD init of this run differs from the one the "

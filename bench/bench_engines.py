@@ -40,9 +40,15 @@ def make_model(folder: Path, hidden: int, intermediate: int, layers: int) -> Pat
 
     demo = make_demo(folder / "demo").parent
     model_dir = folder / "model"
-    config = LlamaConfig(vocab_size=1024, hidden_size=hidden, intermediate_size=intermediate,
-                         num_hidden_layers=layers, num_attention_heads=hidden // 64,
-                         num_key_value_heads=hidden // 64, max_position_embeddings=512)
+    config = LlamaConfig(
+        vocab_size=1024,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        max_position_embeddings=512,
+    )
     LlamaForCausalLM(config).save_pretrained(model_dir)
     for name in os.listdir(demo / "model"):
         if name.startswith(("tokenizer", "special_tokens")):
@@ -51,11 +57,26 @@ def make_model(folder: Path, hidden: int, intermediate: int, layers: int) -> Pat
 
 
 def run(engine: str, model_dir: Path, out: Path, rank: int) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "ENGINE_RUN_LORA_R": str(rank)}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(ROOT / "tests" / "engine_run.py"), engine, "milora", str(model_dir), str(out), "1e-4"],
-                          env=env, capture_output=True, text=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "ENGINE_RUN_LORA_R": str(rank)}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(ROOT / "tests" / "engine_run.py"),
+            engine,
+            "milora",
+            str(model_dir),
+            str(out),
+            "1e-4",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
         sys.exit(f"{engine} failed:\n{(done.stdout + done.stderr)[-4000:]}")
     return json.loads((out / "run.json").read_text())
@@ -65,9 +86,15 @@ def on_paper(shape: tuple, rank: int = 32, gpus: int = 8) -> dict[str, dict[str,
     """GB per GPU of frozen base, LoRA weights + gradients, and optimizer state (Adam)."""
     hidden, intermediate, layers, heads, kv_heads, vocab = shape
     kv = hidden * kv_heads // heads
-    linear = {"q_proj": (hidden, hidden), "k_proj": (kv, hidden), "v_proj": (kv, hidden),
-              "o_proj": (hidden, hidden), "gate_proj": (intermediate, hidden),
-              "up_proj": (intermediate, hidden), "down_proj": (hidden, intermediate)}
+    linear = {
+        "q_proj": (hidden, hidden),
+        "k_proj": (kv, hidden),
+        "v_proj": (kv, hidden),
+        "o_proj": (hidden, hidden),
+        "gate_proj": (intermediate, hidden),
+        "up_proj": (intermediate, hidden),
+        "down_proj": (hidden, intermediate),
+    }
     base = 2 * vocab * hidden + layers * (sum(o * i for o, i in linear.values()) + 2 * hidden) + hidden
     lora = layers * sum(rank * (o + i) for name, (o, i) in linear.items() if name in TARGETS)
     gb = 1e9
@@ -95,25 +122,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = make_model(Path(scratch), args.hidden, args.intermediate, args.layers)
         runs = {engine: run(engine, model_dir, Path(scratch) / engine, args.rank) for engine in ENGINES}
-    print(f"2 processes on CPU, random Llama hidden {args.hidden}, intermediate {args.intermediate}, "
-          f"{args.layers} layers, LoRA r = {args.rank} on q, v, down (MiLoRA + DropLoRA), float32")
-    print(f"{'engine':7} {'frozen MB':>10} {'LoRA MB':>9} {'optim MB':>9}   ratios to DDP (frozen, LoRA, optim)   "
-          f"MiLoRA init s")
+    print(
+        f"2 processes on CPU, random Llama hidden {args.hidden}, intermediate {args.intermediate}, "
+        f"{args.layers} layers, LoRA r = {args.rank} on q, v, down (MiLoRA + DropLoRA), float32"
+    )
+    print(
+        f"{'engine':7} {'frozen MB':>10} {'LoRA MB':>9} {'optim MB':>9}   ratios to DDP (frozen, LoRA, optim)   "
+        f"MiLoRA init s"
+    )
     ddp = runs["ddp"]["memory"][0]
     for engine, result in runs.items():
         held = result["memory"][0]  # rank 0; rank 1 holds the same within a partition's rounding
         ratios = ", ".join(f"{held[k] / ddp[k]:.2f}" for k in ("frozen", "trainable", "optimizer"))
-        print(f"{engine:7} {held['frozen'] / 1e6:10.2f} {held['trainable'] / 1e6:9.3f} {held['optimizer'] / 1e6:9.3f}"
-              f"   {ratios:37} {result['init_seconds']:.2f}")
-    print("\nOn paper, GB per GPU, 8 GPUs, bf16 base, LoRA r = 32 on q, k, v, up, down, Adam "
-          "(no activations):")
+        print(
+            f"{engine:7} {held['frozen'] / 1e6:10.2f} {held['trainable'] / 1e6:9.3f} {held['optimizer'] / 1e6:9.3f}"
+            f"   {ratios:37} {result['init_seconds']:.2f}"
+        )
+    print("\nOn paper, GB per GPU, 8 GPUs, bf16 base, LoRA r = 32 on q, k, v, up, down, Adam (no activations):")
     for model, shape in LLAMA2.items():
         estimate = on_paper(shape)
         params = estimate.pop("params")
         print(f"{model} ({params['base']:.2f} B parameters, LoRA {params['lora']:.1f} M):")
         for engine, terms in estimate.items():
-            print(f"  {engine:6} frozen {terms['frozen']:7.2f}  LoRA {terms['lora']:5.2f}  optimizer "
-                  f"{terms['optimizer']:5.2f}  total {sum(terms.values()):7.2f}")
+            print(
+                f"  {engine:6} frozen {terms['frozen']:7.2f}  LoRA {terms['lora']:5.2f}  optimizer "
+                f"{terms['optimizer']:5.2f}  total {sum(terms.values()):7.2f}"
+            )
 
 
 if __name__ == "__main__":

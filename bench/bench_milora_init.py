@@ -49,7 +49,9 @@ def errors(weights, components, references, scaling=1.0):
         root = torch.sqrt(s / scaling)
         b, a = u * root, root[:, None] * vh
         w_p = w - scaling * b @ a
-        worst_reconstruction = max(worst_reconstruction, float(torch.linalg.norm(w - w_p - scaling * b @ a) / torch.linalg.norm(w)))
+        worst_reconstruction = max(
+            worst_reconstruction, float(torch.linalg.norm(w - w_p - scaling * b @ a) / torch.linalg.norm(w))
+        )
         worst_singular = max(worst_singular, float(((s.double() - reference).abs() / reference).max()))
     return worst_reconstruction, worst_singular
 
@@ -65,12 +67,17 @@ def main():
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
     weights = [w.to(args.device) for w in llama_shaped_weights(args.hidden, args.intermediate, args.layers)]
-    where = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
-             else f"{torch.get_num_threads()} threads")
-    print(f"{len(weights)} weights (q,k,v {args.hidden}², up/down {args.intermediate}×{args.hidden}), "
-          f"r={args.rank}, torch {torch.__version__}, device {args.device} ({where})")
+    where = (
+        torch.cuda.get_device_name(args.device)
+        if args.device.startswith("cuda")
+        else f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"{len(weights)} weights (q,k,v {args.hidden}², up/down {args.intermediate}×{args.hidden}), "
+        f"r={args.rank}, torch {torch.__version__}, device {args.device} ({where})"
+    )
     # the r smallest σ of a float64 SVD, the yardstick for both (once: slow at 7B shapes)
-    references = [torch.linalg.svdvals(w.double())[-args.rank:] for w in weights]
+    references = [torch.linalg.svdvals(w.double())[-args.rank :] for w in weights]
     timings = {}
     for name, method in (("authors", authors), ("ours", minor_components)):
         if args.device.startswith("cuda"):
@@ -81,8 +88,10 @@ def main():
         synchronize(args.device)
         timings[name] = time.perf_counter() - start
         reconstruction, singular = errors(weights, components, references)
-        print(f"{name:8s} {timings[name]:8.2f} s   reconstruction ≤ {reconstruction:.1e}   "
-              f"minor singular values rel. error ≤ {singular:.1e}")
+        print(
+            f"{name:8s} {timings[name]:8.2f} s   reconstruction ≤ {reconstruction:.1e}   "
+            f"minor singular values rel. error ≤ {singular:.1e}"
+        )
     print(f"speed-up (authors / ours): {timings['authors'] / timings['ours']:.2f}x")
 
 

@@ -32,15 +32,19 @@ from axolotl_droplora import install_rank_dropout
 
 SIZES = {
     "tiny (hidden 64, 2 layers, seq 128, batch 8)": dict(
-        hidden=64, intermediate=128, layers=2, heads=4, seq=128, batch=8, rank=16),
+        hidden=64, intermediate=128, layers=2, heads=4, seq=128, batch=8, rank=16
+    ),
     "wide (hidden 1024, 4 layers, seq 256, batch 4)": dict(
-        hidden=1024, intermediate=2816, layers=4, heads=16, seq=256, batch=4, rank=32),
+        hidden=1024, intermediate=2816, layers=4, heads=16, seq=256, batch=4, rank=32
+    ),
     # SmolLM2-135M's shapes (30 layers, 9 heads of 64, 3 KV heads, vocab 49152)
     "smollm2 (SmolLM2-135M shapes, seq 512, batch 8)": dict(
-        hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, vocab=49152, seq=512, batch=8, rank=16),
+        hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, vocab=49152, seq=512, batch=8, rank=16
+    ),
     # 4 decoder layers of Llama-2-7B at its training length (the embeddings are small here)
     "7b-slice (Llama-2-7B layers, 4 of them, seq 2048, batch 1)": dict(
-        hidden=4096, intermediate=11008, layers=4, heads=32, seq=2048, batch=1, rank=32),
+        hidden=4096, intermediate=11008, layers=4, heads=32, seq=2048, batch=1, rank=32
+    ),
 }
 ALIASES = {label.split(" ")[0]: label for label in SIZES}  # --sizes tiny wide smollm2 7b-slice
 
@@ -74,14 +78,26 @@ class PeakTensorMemory(TorchDispatchMode):
 def build(size: dict, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32):
     torch.manual_seed(seed)
     with torch.device(device):  # built in place: a 7B-wide slice is slow to initialise on the host
-        base = LlamaForCausalLM(LlamaConfig(
-            vocab_size=size.get("vocab", 1024), hidden_size=size["hidden"],
-            intermediate_size=size["intermediate"], num_hidden_layers=size["layers"],
-            num_attention_heads=size["heads"], num_key_value_heads=size.get("kv_heads", size["heads"]),
-            max_position_embeddings=size["seq"])).to(dtype)
-    return get_peft_model(base, LoraConfig(
-        r=size["rank"], lora_alpha=2 * size["rank"], lora_dropout=0.05,
-        target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]))
+        base = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=size.get("vocab", 1024),
+                hidden_size=size["hidden"],
+                intermediate_size=size["intermediate"],
+                num_hidden_layers=size["layers"],
+                num_attention_heads=size["heads"],
+                num_key_value_heads=size.get("kv_heads", size["heads"]),
+                max_position_embeddings=size["seq"],
+            )
+        ).to(dtype)
+    return get_peft_model(
+        base,
+        LoraConfig(
+            r=size["rank"],
+            lora_alpha=2 * size["rank"],
+            lora_dropout=0.05,
+            target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+        ),
+    )
 
 
 def training_step(model, optimizer, tokens):
@@ -94,7 +110,9 @@ def static_bytes(model, optimizer) -> int:
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     state = sum(
         t.numel() * t.element_size()
-        for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)
+        for s in optimizer.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor)
     )
     return weights + state
 
@@ -118,8 +136,9 @@ def peak_step_bytes(run: dict, tokens, device: str) -> int:
     return tracker.peak
 
 
-def compare(size: dict, reps: int, p: float, mask_mode: str, device: str = "cpu",
-            dtype: torch.dtype = torch.float32) -> dict:
+def compare(
+    size: dict, reps: int, p: float, mask_mode: str, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> dict:
     lora = build(size, device=device, dtype=dtype).train()
     droplora = copy.deepcopy(lora)
     install_rank_dropout(droplora, p=p, mask_mode=mask_mode)
@@ -127,8 +146,9 @@ def compare(size: dict, reps: int, p: float, mask_mode: str, device: str = "cpu"
     for name, model in (("lora", lora), ("droplora", droplora)):
         optimizer = torch.optim.AdamW([w for w in model.parameters() if w.requires_grad], lr=1e-4)
         runs[name] = {"model": model, "optimizer": optimizer, "times": []}
-    tokens = torch.randint(0, size.get("vocab", 1024), (size["batch"], size["seq"]),
-                           generator=torch.Generator().manual_seed(0)).to(device)
+    tokens = torch.randint(
+        0, size.get("vocab", 1024), (size["batch"], size["seq"]), generator=torch.Generator().manual_seed(0)
+    ).to(device)
     for run in runs.values():  # warm-up, and the optimizer state exists before measuring memory
         training_step(run["model"], run["optimizer"], tokens)
     for _ in range(reps):
@@ -149,11 +169,20 @@ def main():
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--p", type=float, default=0.3)
     parser.add_argument("--mask-mode", default="element")
-    parser.add_argument("--sizes", nargs="*", default=["tiny", "wide"], metavar="SIZE",
-                        help=f"any of {', '.join(ALIASES)} (or a full label); default: tiny wide")
+    parser.add_argument(
+        "--sizes",
+        nargs="*",
+        default=["tiny", "wide"],
+        metavar="SIZE",
+        help=f"any of {', '.join(ALIASES)} (or a full label); default: tiny wide",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="the base model's dtype (default float32)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="the base model's dtype (default float32)",
+    )
     args = parser.parse_args()
     labels = [ALIASES.get(name, name) for name in args.sizes]
     unknown = [name for name, label in zip(args.sizes, labels) if label not in SIZES]
@@ -161,18 +190,29 @@ def main():
         parser.error(f"--sizes: unknown {', '.join(unknown)}; choose from {', '.join(ALIASES)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
-    where = (f"{torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda")
-             else f"{torch.get_num_threads()} threads")
-    print(f"torch {torch.__version__}, {args.device} ({where}), {args.dtype}, p={args.p}, "
-          f"mask_mode={args.mask_mode}, {args.reps} interleaved steps each")
-    print("| model | LoRA step (s) | DropLoRA step (s) | time ratio | LoRA peak (MiB) | DropLoRA peak (MiB) | memory ratio |")
+    where = (
+        f"{torch.cuda.get_device_name(args.device)}"
+        if args.device.startswith("cuda")
+        else f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"torch {torch.__version__}, {args.device} ({where}), {args.dtype}, p={args.p}, "
+        f"mask_mode={args.mask_mode}, {args.reps} interleaved steps each"
+    )
+    print(
+        "| model | LoRA step (s) | DropLoRA step (s) | time ratio | LoRA peak (MiB) | DropLoRA peak (MiB) "
+        "| memory ratio |"
+    )
     print("|---|---|---|---|---|---|---|")
     for label in labels:
         runs = compare(SIZES[label], args.reps, args.p, args.mask_mode, args.device, getattr(torch, args.dtype))
         lora, drop = runs["lora"], runs["droplora"]
-        print(f"| {label} | {lora['step_s']:.4f} | {drop['step_s']:.4f} | "
-              f"{drop['step_s'] / lora['step_s']:.3f} | {lora['memory'] / 2**20:.1f} | "
-              f"{drop['memory'] / 2**20:.1f} | {drop['memory'] / lora['memory']:.4f} |", flush=True)
+        print(
+            f"| {label} | {lora['step_s']:.4f} | {drop['step_s']:.4f} | "
+            f"{drop['step_s'] / lora['step_s']:.3f} | {lora['memory'] / 2**20:.1f} | "
+            f"{drop['memory'] / 2**20:.1f} | {drop['memory'] / lora['memory']:.4f} |",
+            flush=True,
+        )
         del runs, lora, drop  # free the device before the next size
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()

@@ -20,8 +20,8 @@ from axolotl_droplora.recipes.paper import (  # noqa: F401  (tests read the tabl
     ALPACA,
     BATCH_ARITHMETIC,
     GPUS,
-    MICRO_BATCH,
     METHODS,
+    MICRO_BATCH,
     MODELS,
     PAPER,
     TASKS,
@@ -56,8 +56,9 @@ class _RecipeDumper(yaml.SafeDumper):
 
 
 _RecipeDumper.add_representer(
-    str, lambda dumper, value: dumper.represent_scalar(
-        "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
+    str,
+    lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None),
+)
 
 
 def rendered() -> dict[Path, str]:
@@ -65,8 +66,9 @@ def rendered() -> dict[Path, str]:
     for task in TASKS:
         for model in MODELS:
             for method in METHODS:
-                body = yaml.dump(recipe(task, model, method), Dumper=_RecipeDumper, sort_keys=False,
-                                 width=100, allow_unicode=True)
+                body = yaml.dump(
+                    recipe(task, model, method), Dumper=_RecipeDumper, sort_keys=False, width=100, allow_unicode=True
+                )
                 files[OUT / f"{task}-{model}-{method}.yml"] = header(task, model, method) + body
     files[OUT / "README.md"] = index()
     return files

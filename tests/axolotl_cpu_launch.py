@@ -23,17 +23,19 @@ from contextlib import contextmanager
 import torch
 
 if torch.cuda.is_available():
-    sys.exit("axolotl_cpu_launch.py is for CPU-only test machines: on GPUs run "
-             "`accelerate launch -m axolotl.cli.train recipe.yml`, which needs none of these patches")
+    sys.exit(
+        "axolotl_cpu_launch.py is for CPU-only test machines: on GPUs run "
+        "`accelerate launch -m axolotl.cli.train recipe.yml`, which needs none of these patches"
+    )
 
 import axolotl
 import axolotl.cli.config
 import axolotl.loaders.model
 import axolotl.utils.environment
-from axolotl.core.trainers.base import AxolotlTrainer
 from accelerate import PartialState
 from accelerate.parallelism_config import ParallelismConfig
 from accelerate.utils import DistributedType
+from axolotl.core.trainers.base import AxolotlTrainer
 
 # the lines below were read in Axolotl 0.21.0; another version may have moved them
 if axolotl.__version__ != "0.21.0":

@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 
 import torch.distributed as dist
-from transformers import TrainerCallback
-
 from axolotl.integrations.base import BasePlugin
+from transformers import TrainerCallback
 
 
 class EngineProbePlugin(BasePlugin):

@@ -25,8 +25,13 @@ def tiny_base_model(seed: int = 0, hidden_size: int = 32):
     torch.manual_seed(seed)
     return LlamaForCausalLM(
         LlamaConfig(
-            vocab_size=128, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+            vocab_size=128,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
         )
     )
 
@@ -37,7 +42,10 @@ def tiny_lora_model(seed: int = 0, lora_dropout: float = 0.0, **lora_kwargs):
 
     base = tiny_base_model(seed)
     config = LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=lora_dropout, init_lora_weights=False,
+        r=8,
+        lora_alpha=16,
+        lora_dropout=lora_dropout,
+        init_lora_weights=False,
         target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
         **lora_kwargs,
     )

@@ -70,13 +70,20 @@ def memory_held(model, optimizer) -> dict:
         optimizer = optimizer.optimizer
     params = list(model.parameters())
     model_tensors = {id(p) for p in params}
-    state = sum(held_bytes(value) for per_param in optimizer.state.values()
-                for value in per_param.values() if torch.is_tensor(value))
-    masters = sum(held_bytes(p) for group in optimizer.param_groups for p in group["params"]
-                  if id(p) not in model_tensors)
-    return {"frozen": sum(held_bytes(p) for p in params if not p.requires_grad),
-            "trainable": sum(held_bytes(p) for p in params if p.requires_grad),
-            "optimizer": state + masters}
+    state = sum(
+        held_bytes(value)
+        for per_param in optimizer.state.values()
+        for value in per_param.values()
+        if torch.is_tensor(value)
+    )
+    masters = sum(
+        held_bytes(p) for group in optimizer.param_groups for p in group["params"] if id(p) not in model_tensors
+    )
+    return {
+        "frozen": sum(held_bytes(p) for p in params if not p.requires_grad),
+        "trainable": sum(held_bytes(p) for p in params if p.requires_grad),
+        "optimizer": state + masters,
+    }
 
 
 class MemoryAfterEachStep(TrainerCallback):
@@ -87,6 +94,8 @@ class MemoryAfterEachStep(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.held = memory_held(model, optimizer)
+
+
 # the configs users get: the paper recipes' ZeRO-2 file, and the ZeRO-3 one for larger bases
 DEEPSPEED = Path(__file__).resolve().parents[1] / "examples" / "deepspeed" / f"{engine}.json"
 engine_args = {}
@@ -104,31 +113,58 @@ elif engine == "fsdp2":
     # a gloo state that calls itself MULTI_GPU keeps the device on CPU and FSDP on
     state = PartialState(backend="gloo")
     state.distributed_type = DistributedType.MULTI_GPU
-    engine_args = dict(fsdp="full_shard", accelerator_config={"use_configured_state": True},
-                       fsdp_config={"fsdp_version": 2, "reshard_after_forward": True,
-                                    "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                                    "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]})
+    engine_args = dict(
+        fsdp="full_shard",
+        accelerator_config={"use_configured_state": True},
+        fsdp_config={
+            "fsdp_version": 2,
+            "reshard_after_forward": True,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
+        },
+    )
 else:
     engine_args = dict(use_cpu=True, ddp_backend="gloo")
 
-args = SFTConfig(output_dir=out, max_steps=4, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                 learning_rate=float(lr), report_to=[], max_length=32, bf16=False, seed=0,
-                 gradient_checkpointing=False, save_strategy="steps", save_steps=2, logging_steps=1,
-                 **engine_args)
+args = SFTConfig(
+    output_dir=out,
+    max_steps=4,
+    per_device_train_batch_size=2,
+    gradient_accumulation_steps=2,
+    learning_rate=float(lr),
+    report_to=[],
+    max_length=32,
+    bf16=False,
+    seed=0,
+    gradient_checkpointing=False,
+    save_strategy="steps",
+    save_steps=2,
+    logging_steps=1,
+    **engine_args,
+)
 # after the arguments: under ZeRO-3 they switch on transformers' zero.Init, so the base weights
 # are partitioned as they load (each rank holds an empty placeholder until gathered)
 model = AutoModelForCausalLM.from_pretrained(model_dir)
 # rows of equal length: every rank draws its random numbers in tensors of the same shapes
-data = Dataset.from_list([{"text": f"What is {a} plus {b}? The answer is {a + b}."}
-                          for a in range(10, 40) for b in range(10, 20)])
+data = Dataset.from_list(
+    [{"text": f"What is {a} plus {b}? The answer is {a + b}."} for a in range(10, 40) for b in range(10, 20)]
+)
 mask_mode = method.split("-")[1] if method.startswith("droplora") else "batch"
-callback = DropLoRACallback(rank_dropout=None if method == "pissa" else 0.5, mask_mode=mask_mode,
-                            milora=method == "milora")
+callback = DropLoRACallback(
+    rank_dropout=None if method == "pissa" else 0.5, mask_mode=mask_mode, milora=method == "milora"
+)
 trainer = SFTTrainer(
-    model=model, processing_class=AutoTokenizer.from_pretrained(model_dir), args=args, train_dataset=data,
-    peft_config=LoraConfig(r=LORA_R, lora_alpha=LORA_R, lora_dropout=0.0,
-                           target_modules=["q_proj", "v_proj", "down_proj"],
-                           init_lora_weights="pissa" if method == "pissa" else True),
+    model=model,
+    processing_class=AutoTokenizer.from_pretrained(model_dir),
+    args=args,
+    train_dataset=data,
+    peft_config=LoraConfig(
+        r=LORA_R,
+        lora_alpha=LORA_R,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights="pissa" if method == "pissa" else True,
+    ),
     callbacks=[callback, step_memory := MemoryAfterEachStep()],
 )
 initial = callback.initial_adapter
@@ -136,7 +172,8 @@ masks = []
 if callback.rank_dropout is not None:
     first_layer = next(iter(installed_rank_dropout(trainer.model).values()))
     first_layer.register_forward_hook(
-        lambda module, inputs, output: masks.append((output == 0).flatten()[:128].tolist()) if module.training else None)
+        lambda module, inputs, output: masks.append((output == 0).flatten()[:128].tolist()) if module.training else None
+    )
 trainer.train(resume_from_checkpoint=resume[0] if resume else None)
 trainer.save_model()
 gathered, memory = [None] * dist.get_world_size(), [None] * dist.get_world_size()
@@ -144,15 +181,26 @@ dist.all_gather_object(gathered, masks)
 dist.all_gather_object(memory, step_memory.held)
 if dist.get_rank() == 0:
     wrapped = trainer.model_wrapped
-    used = {"deepspeed": getattr(trainer, "is_deepspeed_enabled", False) and trainer.deepspeed is not None,
-            "zero_stage": trainer.deepspeed.zero_optimization_stage() if trainer.is_deepspeed_enabled else None,
-            "fsdp": trainer.is_fsdp_enabled,
-            "dtensor_params": any(type(p).__name__ == "DTensor" for p in trainer.model.parameters()),
-            "wrapper": type(wrapped).__name__}
+    used = {
+        "deepspeed": getattr(trainer, "is_deepspeed_enabled", False) and trainer.deepspeed is not None,
+        "zero_stage": trainer.deepspeed.zero_optimization_stage() if trainer.is_deepspeed_enabled else None,
+        "fsdp": trainer.is_fsdp_enabled,
+        "dtensor_params": any(type(p).__name__ == "DTensor" for p in trainer.model.parameters()),
+        "wrapper": type(wrapped).__name__,
+    }
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     with open(f"{out}/run.json", "w") as f:
-        json.dump({"world": dist.get_world_size(), "used": used, "masks": gathered, "losses": losses,
-                   "memory": memory, "init_seconds": InitTime.seconds}, f)
+        json.dump(
+            {
+                "world": dist.get_world_size(),
+                "used": used,
+                "masks": gathered,
+                "losses": losses,
+                "memory": memory,
+                "init_seconds": InitTime.seconds,
+            },
+            f,
+        )
     if initial is not None:
         save_file({k: v.contiguous() for k, v in initial.items()}, f"{out}/initial.safetensors")
 dist.barrier()

@@ -80,8 +80,9 @@ def test_qlora_with_rank_dropout_keys_quantizes_and_turns_the_fused_kernels_off(
     assert not cfg.lora_mlp_kernel and not cfg.lora_qkv_kernel and not cfg.lora_o_kernel
     assert "set to false: the fused kernels never call lora_A" in caplog.text
     assert callback_for(cfg).rank_dropout == 0.3
-    plain_qlora = load(tmp_path, demo_dir, adapter="qlora", load_in_4bit=True,
-                       droplora_rank_dropout=None, droplora_mask_mode=None)
+    plain_qlora = load(
+        tmp_path, demo_dir, adapter="qlora", load_in_4bit=True, droplora_rank_dropout=None, droplora_mask_mode=None
+    )
     assert callback_for(plain_qlora) is None  # no droplora_* key: QLoRA as Axolotl does it
 
 
@@ -110,10 +111,15 @@ def test_milora_is_a_value_of_peft_init_lora_weights_with_lora_or_droplora(tmp_p
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"load_in_8bit": True, "adapter": "lora"},
-         "`peft_init_lora_weights: milora` needs a full-precision base to take the SVD of and subtract from: remove `load_in_8bit`"),
-        ({"load_best_model_at_end": True},
-         "`load_best_model_at_end` cannot be used with `peft_init_lora_weights: milora`: the Trainer would reload"),
+        (
+            {"load_in_8bit": True, "adapter": "lora"},
+            "`peft_init_lora_weights: milora` needs a full-precision base to take the SVD of and subtract from: "
+            "remove `load_in_8bit`",
+        ),
+        (
+            {"load_best_model_at_end": True},
+            "`load_best_model_at_end` cannot be used with `peft_init_lora_weights: milora`: the Trainer would reload",
+        ),
     ],
 )
 def test_milora_refusals_name_the_key(tmp_path, demo_dir, overrides, message):
@@ -134,8 +140,12 @@ def test_pissa_converted_saves_refuse_reloading_the_best_checkpoint(tmp_path, de
 
 @pytest.mark.parametrize(
     "key, suggestion",
-    [("droplora_rank_droput", "droplora_rank_dropout"), ("droplora_maskmode", "droplora_mask_mode"),
-     ("droplora_rescaled", "droplora_rescale"), ("svd_init_save_bsae", "svd_init_save_base")],
+    [
+        ("droplora_rank_droput", "droplora_rank_dropout"),
+        ("droplora_maskmode", "droplora_mask_mode"),
+        ("droplora_rescaled", "droplora_rescale"),
+        ("svd_init_save_bsae", "svd_init_save_base"),
+    ],
 )
 def test_a_misspelt_plugin_key_names_itself_and_the_closest_key(tmp_path, demo_dir, key, suggestion):
     # Axolotl drops keys its schema does not know: without this the run would train with p = 0.3
@@ -145,19 +155,29 @@ def test_a_misspelt_plugin_key_names_itself_and_the_closest_key(tmp_path, demo_d
 
 def test_an_unlike_plugin_key_lists_the_plugins_keys(tmp_path, demo_dir):
     message = error_of(tmp_path, demo_dir, droplora_temperature=2)
-    assert ("unknown key `droplora_temperature`: the plugin's keys are droplora_rank_dropout, "
-            "droplora_mask_mode, droplora_rescale, svd_init_save_base, svd_init_exact") in message
+    assert (
+        "unknown key `droplora_temperature`: the plugin's keys are droplora_rank_dropout, "
+        "droplora_mask_mode, droplora_rescale, svd_init_save_base, svd_init_exact"
+    ) in message
 
 
 @pytest.mark.parametrize(
     "value, meant",
-    [("MiLoRA", "milora"), ("Milora", "milora"), ("mi_lora", "milora"), ("milroa", "milora"),
-     ("PiSSA", "pissa"), ("PISSA_niter_4", "pissa_niter_4")],
+    [
+        ("MiLoRA", "milora"),
+        ("Milora", "milora"),
+        ("mi_lora", "milora"),
+        ("milroa", "milora"),
+        ("PiSSA", "pissa"),
+        ("PISSA_niter_4", "pissa_niter_4"),
+    ],
 )
 def test_a_near_miss_of_an_svd_init_names_the_value_meant(tmp_path, demo_dir, value, meant):
     message = error_of(tmp_path, demo_dir, peft_init_lora_weights=value)
-    assert (f"`peft_init_lora_weights: {value}` is not a known init: did you mean "
-            f"`peft_init_lora_weights: {meant}`? (the values are case-sensitive)") in message
+    assert (
+        f"`peft_init_lora_weights: {value}` is not a known init: did you mean "
+        f"`peft_init_lora_weights: {meant}`? (the values are case-sensitive)"
+    ) in message
 
 
 @pytest.mark.parametrize("value", ["gaussian", "olora", True, False])
@@ -169,10 +189,17 @@ def test_other_inits_are_left_to_peft(tmp_path, demo_dir, value):
 def test_svd_inits_with_fsdp_cpu_ram_efficient_loading_are_refused(init):
     from axolotl_droplora.args import DropLoRAArgs
 
-    with pytest.raises(ValueError, match=f"`peft_init_lora_weights: {init}` with "
-                                         f"`fsdp_config.cpu_ram_efficient_loading: true`: off rank 0"):
-        DropLoRAArgs.model_validate({"adapter": "lora", "peft_init_lora_weights": init,
-                                     "fsdp_config": {"fsdp_version": 2, "cpu_ram_efficient_loading": True}})
+    with pytest.raises(
+        ValueError,
+        match=f"`peft_init_lora_weights: {init}` with `fsdp_config.cpu_ram_efficient_loading: true`: off rank 0",
+    ):
+        DropLoRAArgs.model_validate(
+            {
+                "adapter": "lora",
+                "peft_init_lora_weights": init,
+                "fsdp_config": {"fsdp_version": 2, "cpu_ram_efficient_loading": True},
+            }
+        )
 
 
 @pytest.mark.parametrize("state_dict_type", [None, "SHARDED_STATE_DICT"])
@@ -186,8 +213,10 @@ def test_svd_inits_under_fsdp_with_sharded_checkpoints_are_refused(init, state_d
     if state_dict_type:
         fsdp_config["state_dict_type"] = state_dict_type
     recipe = {"adapter": "lora", "peft_init_lora_weights": init, "fsdp_version": 2, "fsdp_config": fsdp_config}
-    expected = (f"`peft_init_lora_weights: {init}` under FSDP needs `fsdp_config.state_dict_type: FULL_STATE_DICT` "
-                f"\\(got {state_dict_type or 'the default'}")
+    expected = (
+        f"`peft_init_lora_weights: {init}` under FSDP needs `fsdp_config.state_dict_type: FULL_STATE_DICT` "
+        f"\\(got {state_dict_type or 'the default'}"
+    )
     with pytest.raises(ValueError, match=expected):
         DropLoRAArgs.model_validate(recipe)
     # what the message offers works: full state dicts, or residual saves (nothing converted)

@@ -24,19 +24,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from axolotl_droplora.method.conversion import initial_adapter_of
 from conftest import run_cli
 from test_engines import single_process_init
 from test_plugin import LAYERS_LOG, write_recipe
 from test_trainer_callback import vanilla_peft_logits
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from axolotl_droplora.method.conversion import initial_adapter_of
 
 # the launcher's patches are read from Axolotl 0.21.0's lines; on the 0.19 stack (Python 3.11)
 # the CLI stops elsewhere (README, "Through Axolotl"), so the cells are reported as skipped there
 AXOLOTL = importlib.metadata.version("axolotl")
-pytestmark = pytest.mark.skipif(AXOLOTL != "0.21.0", reason=f"tests/axolotl_cpu_launch.py patches Axolotl "
-                                f"0.21.0, this is {AXOLOTL}")
+pytestmark = pytest.mark.skipif(
+    AXOLOTL != "0.21.0", reason=f"tests/axolotl_cpu_launch.py patches Axolotl 0.21.0, this is {AXOLOTL}"
+)
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = Path(__file__).with_name("axolotl_cpu_launch.py")
 PAPER_RECIPE = yaml.safe_load((ROOT / "examples" / "yml" / "math-llama3_8b-droplora.yml").read_text())
@@ -62,36 +63,69 @@ def engine_keys(engine: str) -> dict:
 METHOD_KEYS = {
     "droplora": {"learning_rate": 0.002},
     # MiLoRA + DropLoRA at learning rate 0: the saved rank-2r adapter must give back the base
-    "milora": {"peft_init_lora_weights": "milora", "lora_alpha": 16, "learning_rate": 0.0,
-               "save_strategy": "steps", "save_steps": STEPS},
+    "milora": {
+        "peft_init_lora_weights": "milora",
+        "lora_alpha": 16,
+        "learning_rate": 0.0,
+        "save_strategy": "steps",
+        "save_steps": STEPS,
+    },
     # PEFT's own SVD init: under ZeRO-3 it gathers only while transformers sees a live DeepSpeed
     # config, which the plugin keeps (Axolotl drops its own after loading the base)
-    "pissa": {"peft_init_lora_weights": "pissa", "lora_alpha": 16, "learning_rate": 0.0,
-              "save_strategy": "steps", "save_steps": STEPS},
+    "pissa": {
+        "peft_init_lora_weights": "pissa",
+        "lora_alpha": 16,
+        "learning_rate": 0.0,
+        "save_strategy": "steps",
+        "save_steps": STEPS,
+    },
 }
 # what each engine must have really run (accelerate falls back to another one without a word)
 EXPECTED_ENGINE = {
     "zero2": {"distributed_type": "DistributedType.DEEPSPEED", "deepspeed": True, "zero_stage": 2, "fsdp": False},
     "zero3": {"distributed_type": "DistributedType.DEEPSPEED", "deepspeed": True, "zero_stage": 3, "fsdp": False},
-    "fsdp2": {"distributed_type": "DistributedType.FSDP", "deepspeed": False, "zero_stage": None, "fsdp": True,
-              "fsdp_version": 2},
+    "fsdp2": {
+        "distributed_type": "DistributedType.FSDP",
+        "deepspeed": False,
+        "zero_stage": None,
+        "fsdp": True,
+        "fsdp_version": 2,
+    },
 }
 
 
 @pytest.mark.parametrize("engine, method", CELLS, ids=[f"{e}-{m}" for e, m in CELLS])
 def test_axolotl_cli_trains_two_processes_under_the_engine_and_saves_an_adapter_for_the_original_base(
-        tmp_path, demo_dir, engine, method):
+    tmp_path, demo_dir, engine, method
+):
     recipe = write_recipe(
-        tmp_path, demo_dir, **engine_keys(engine), **METHOD_KEYS[method],
+        tmp_path,
+        demo_dir,
+        **engine_keys(engine),
+        **METHOD_KEYS[method],
         plugins=["axolotl_droplora.DropLoRAPlugin", "axolotl_engine_probe.EngineProbePlugin"],
-        micro_batch_size=2, gradient_accumulation_steps=PAPER_RECIPE["gradient_accumulation_steps"],
+        micro_batch_size=2,
+        gradient_accumulation_steps=PAPER_RECIPE["gradient_accumulation_steps"],
         gradient_checkpointing=PAPER_RECIPE["gradient_checkpointing"],
-        max_steps=STEPS, warmup_steps=0, logging_steps=1,
+        max_steps=STEPS,
+        warmup_steps=0,
+        logging_steps=1,
         dataset_prepared_path=str(tmp_path / "prepared"),  # not the session's shared demo folder
     )
     # --standalone: a free rendezvous port, so cells on parallel test workers do not collide
-    done = run_cli([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(LAUNCH), str(recipe)], cwd=tmp_path)
+    done = run_cli(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(LAUNCH),
+            str(recipe),
+        ],
+        cwd=tmp_path,
+    )
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-6000:]
 
@@ -121,8 +155,9 @@ def test_axolotl_cli_trains_two_processes_under_the_engine_and_saves_an_adapter_
 
     # MiLoRA and PiSSA save B·A − B0·A0 as a rank-2r LoRA for the original base: the checkpoint
     # the Trainer wrote, and the final save Axolotl writes after training (its own code per engine)
-    reference = single_process_init(demo_dir / "model", method, r=16, lora_alpha=16, lora_dropout=0.05,
-                                    target_modules=LORA_TARGETS)  # the recipe's LoRA settings
+    reference = single_process_init(
+        demo_dir / "model", method, r=16, lora_alpha=16, lora_dropout=0.05, target_modules=LORA_TARGETS
+    )  # the recipe's LoRA settings
     for adapter_dir in (out / f"checkpoint-{STEPS}", out):
         adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
         assert (adapter_config["peft_type"], adapter_config["r"]) == ("LORA", 32), adapter_dir

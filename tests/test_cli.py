@@ -25,7 +25,9 @@ def test_check_adapter_accepts_plain_lora_and_names_what_is_wrong(tmp_path):
     model.base_model.model.config.save_pretrained(tmp_path / "adapter")  # harmless extra file
     ok = run_cli([sys.executable, "-m", "axolotl_droplora", "check-adapter", str(tmp_path / "adapter")], cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "plain PEFT LoRA, r=8, lora_alpha=16, 10 LoRA layers on down_proj, k_proj, q_proj, up_proj, v_proj" in ok.stdout
+    assert (
+        "plain PEFT LoRA, r=8, lora_alpha=16, 10 LoRA layers on down_proj, k_proj, q_proj, up_proj, v_proj" in ok.stdout
+    )
 
     config_file = tmp_path / "adapter" / "adapter_config.json"
     config = json.loads(config_file.read_text())
@@ -34,5 +36,7 @@ def test_check_adapter_accepts_plain_lora_and_names_what_is_wrong(tmp_path):
     assert bad.returncode != 0 and "peft_type is 'DROPLORA'" in bad.stderr
 
     (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
-    missing = run_cli([sys.executable, "-m", "axolotl_droplora", "check-adapter", str(tmp_path / "adapter")], cwd=tmp_path)
+    missing = run_cli(
+        [sys.executable, "-m", "axolotl_droplora", "check-adapter", str(tmp_path / "adapter")], cwd=tmp_path
+    )
     assert missing.returncode != 0 and "adapter_model.safetensors is missing" in missing.stderr

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
+from test_trainer_callback import vanilla_peft_logits
 from transformers import AutoModelForCausalLM
 
 from axolotl_droplora.method.conversion import snapshot_initial_adapter
 from axolotl_droplora.method.milora import init_milora
-from conftest import run_cli
-from test_trainer_callback import vanilla_peft_logits
 
 ENGINES = ["ddp", "zero2", "zero3", "fsdp2"]
 METHODS = ["droplora-element", "droplora-batch", "milora", "pissa"]
@@ -39,8 +39,24 @@ TOKENS = torch.tensor([[5, 17, 42, 99, 3, 250]])
 
 def run_engine(engine, method, model_dir, out, lr, *resume, cwd):
     """One 2-process run of engine_run.py; returns its run.json."""
-    done = run_cli([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(RUN),
-                    engine, method, str(model_dir), str(out), lr, *map(str, resume)], cwd=cwd)
+    done = run_cli(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(RUN),
+            engine,
+            method,
+            str(model_dir),
+            str(out),
+            lr,
+            *map(str, resume),
+        ],
+        cwd=cwd,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return json.loads((out / "run.json").read_text())
 
@@ -49,8 +65,9 @@ def single_process_init(model_dir, method, **lora):
     """A0, B0 of the same init (`milora` or `pissa`) in one process, on the whole weights, with
     the LoRA settings `lora` (engine_run.py's by default)."""
     init = "pissa" if method == "pissa" else True
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
-                           LoraConfig(init_lora_weights=init, **(lora or LORA)))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir), LoraConfig(init_lora_weights=init, **(lora or LORA))
+    )
     if method == "milora":
         init_milora(model)
     return snapshot_initial_adapter(model)
@@ -66,8 +83,12 @@ def test_two_process_engine_trains_and_saves_an_adapter_for_the_original_base(de
     used = run["used"]
     assert run["world"] == 2 and len(run["losses"]) == 4
     # the engine really ran (accelerate falls back to DDP silently where it cannot shard)
-    expected = {"ddp": (False, None, False), "zero2": (True, 2, False), "zero3": (True, 3, False),
-                "fsdp2": (False, None, True)}[engine]
+    expected = {
+        "ddp": (False, None, False),
+        "zero2": (True, 2, False),
+        "zero3": (True, 3, False),
+        "fsdp2": (False, None, True),
+    }[engine]
     assert (used["deepspeed"], used["zero_stage"], used["fsdp"] and used["dtensor_params"]) == expected, used
 
     # what each rank holds after training: ZeRO-3 and FSDP2 split the frozen base across the two
@@ -75,8 +96,9 @@ def test_two_process_engine_trains_and_saves_an_adapter_for_the_original_base(de
     memory = run["memory"]
     assert len(memory) == 2 and all(m["trainable"] > 0 for m in memory), memory
     lora_model = get_peft_model(AutoModelForCausalLM.from_pretrained(demo_dir / "model"), LoraConfig(**LORA))
-    frozen, lora = (sum(4 * p.numel() for p in lora_model.parameters() if p.requires_grad is trains)
-                    for trains in (False, True))
+    frozen, lora = (
+        sum(4 * p.numel() for p in lora_model.parameters() if p.requires_grad is trains) for trains in (False, True)
+    )
     frozen_share = memory[0]["frozen"] / frozen
     assert (0.4 < frozen_share < 0.6) if engine in ("zero3", "fsdp2") else frozen_share == 1.0, memory
     # DDP: Adam's two float32 moments of every LoRA weight (and a step count each) on every rank
@@ -119,8 +141,9 @@ def test_a_milora_run_under_zero2_resumed_from_a_checkpoint_gives_the_uninterrup
     assert len(straight["losses"]) == 4
     # a preempted run: its output folder holds only what the first 2 steps wrote
     shutil.copytree(tmp_path / "straight" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
-    resumed = run_engine("zero2", "milora", model_dir, tmp_path / "resumed", "5e-3",
-                         tmp_path / "resumed" / "checkpoint-2", cwd=tmp_path)
+    resumed = run_engine(
+        "zero2", "milora", model_dir, tmp_path / "resumed", "5e-3", tmp_path / "resumed" / "checkpoint-2", cwd=tmp_path
+    )
     assert resumed["used"]["zero_stage"] == 2
     # the Trainer's log history carries the first 2 steps' losses over from the checkpoint
     assert resumed["losses"] == straight["losses"], (resumed["losses"], straight["losses"])

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_cli, tiny_base_model, tiny_lora_model
 from test_plugin import write_recipe
 
@@ -27,8 +26,16 @@ def check_adapter(folder: Path, cwd: Path) -> str:
 
 
 def test_a_droplora_milora_run_writes_the_card_into_every_checkpoint_and_the_final_adapter(tmp_path, demo_dir):
-    recipe = write_recipe(tmp_path, demo_dir, peft_init_lora_weights="milora", lora_alpha=16, max_steps=4,
-                          save_strategy="steps", save_steps=2, droplora_mask_mode=None)
+    recipe = write_recipe(
+        tmp_path,
+        demo_dir,
+        peft_init_lora_weights="milora",
+        lora_alpha=16,
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=2,
+        droplora_mask_mode=None,
+    )
     # Axolotl's card quotes the recipe in a code block: its comments must not be taken for headings
     recipe.write_text("# a shared recipe\n## with a comment that looks like a heading\n" + recipe.read_text())
     trained = run_cli(["axolotl", "train", str(recipe)], cwd=tmp_path)
@@ -89,8 +96,12 @@ def test_a_qlora_droplora_card_says_the_base_was_4_bit(tmp_path, demo_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    base = AutoModelForCausalLM.from_pretrained(demo_dir / "model", quantization_config=BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32))
+    base = AutoModelForCausalLM.from_pretrained(
+        demo_dir / "model",
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        ),
+    )
     model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"]))
     cfg = {"adapter": "qlora", "load_in_4bit": True, "droplora_mask_mode": "batch", "droplora_rescale": False}
     metadata, body = saved_with_callback(model, cfg, tmp_path / "adapter")
@@ -113,8 +124,9 @@ def residual_pissa_adapter(folder: Path) -> Path:
 
     from axolotl_droplora import DropLoRACallback
 
-    model = get_peft_model(tiny_base_model(), LoraConfig(r=8, lora_alpha=8, init_lora_weights="pissa",
-                                                         target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(
+        tiny_base_model(), LoraConfig(r=8, lora_alpha=8, init_lora_weights="pissa", target_modules=["q_proj", "v_proj"])
+    )
     DropLoRACallback(rank_dropout=None, save_base="residual").prepare(model)  # the TRL route
     model.save_pretrained(folder)
     return folder
@@ -140,13 +152,16 @@ def test_check_adapter_says_vllm_refuses_dora_and_needs_the_rank(tmp_path):
     assert "saved rank 8: vLLM needs --max-lora-rank 8 or more" in said
 
 
-@pytest.mark.parametrize("config, rank, needed", [
-    ({"r": 16}, 16, 16),
-    ({"r": 17}, 17, 32),
-    ({"r": 300}, 300, 320),
-    ({"r": 8, "rank_pattern": {"q_proj": 100}}, 100, 128),  # the largest rank is what vLLM sizes for
-    ({"r": 1024}, 1024, None),
-])
+@pytest.mark.parametrize(
+    "config, rank, needed",
+    [
+        ({"r": 16}, 16, 16),
+        ({"r": 17}, 17, 32),
+        ({"r": 300}, 300, 320),
+        ({"r": 8, "rank_pattern": {"q_proj": 100}}, 100, 128),  # the largest rank is what vLLM sizes for
+        ({"r": 1024}, 1024, None),
+    ],
+)
 def test_serving_facts_pick_the_smallest_max_lora_rank_vllm_accepts(config, rank, needed):
     from axolotl_droplora.model_card import serving_facts
 

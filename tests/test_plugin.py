@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 from safetensors.torch import load_file
 
 from axolotl_droplora.demo.task import demo_config
-from conftest import run_cli
 
 LAYERS_LOG = "DropLoRA: rank dropout p={p} mask_mode={mode} rescale={rescale} on 10 LoRA layers ({kind})"
 
@@ -66,17 +66,29 @@ MILORA = {"peft_init_lora_weights": "milora", "lora_alpha": 16, "save_strategy":
         (["axolotl", "train"], {"droplora_mask_mode": "element"}),
         ([sys.executable, "-m", "axolotl.cli.train"], {"droplora_mask_mode": "batch"}),
         ([sys.executable, "-m", "axolotl.cli.train"], {"droplora_mask_mode": "sequence", **MILORA}),
-        ([sys.executable, "-m", "axolotl.cli.train"],
-         {"adapter": "lora", "droplora_rank_dropout": None, "droplora_mask_mode": None, **MILORA}),
+        (
+            [sys.executable, "-m", "axolotl.cli.train"],
+            {"adapter": "lora", "droplora_rank_dropout": None, "droplora_mask_mode": None, **MILORA},
+        ),
         ([sys.executable, "-m", "axolotl.cli.train"], {"droplora_mask_mode": "element", "peft_use_dora": True}),
-        ([sys.executable, "-m", "axolotl.cli.train"],
-         {"droplora_mask_mode": "batch", **MILORA, "peft_init_lora_weights": "pissa"}),
+        (
+            [sys.executable, "-m", "axolotl.cli.train"],
+            {"droplora_mask_mode": "batch", **MILORA, "peft_init_lora_weights": "pissa"},
+        ),
         ([sys.executable, "-m", "axolotl.cli.train"], {"droplora_mask_mode": "sequence", "peft_use_rslora": True}),
         # bitsandbytes' CPU backend: a real NF4 base (the demo model is wide enough for its kernels)
         (["axolotl", "train"], {"adapter": "qlora", "load_in_4bit": True, "droplora_mask_mode": "element"}),
     ],
-    ids=["droplora-axolotl-train", "droplora-python-m", "droplora+milora", "lora+milora",
-         "droplora+dora", "droplora+pissa", "droplora+rslora", "qlora+droplora"],
+    ids=[
+        "droplora-axolotl-train",
+        "droplora-python-m",
+        "droplora+milora",
+        "lora+milora",
+        "droplora+dora",
+        "droplora+pissa",
+        "droplora+rslora",
+        "qlora+droplora",
+    ],
 )
 def test_trains_saves_plain_lora_for_the_original_base_and_merges(tmp_path, demo_dir, launcher, overrides):
     import torch
@@ -115,8 +127,16 @@ def test_trains_saves_plain_lora_for_the_original_base_and_merges(tmp_path, demo
     assert (out / "merged" / "model.safetensors").is_file()
 
     checked = run_cli(
-        [sys.executable, "-c", VANILLA_PEFT_LOGITS, str(demo_dir / "model"), str(out),
-         str(out / "merged"), str(tmp_path / "logits.pt"), "4" if adapter == "qlora" else "32"],
+        [
+            sys.executable,
+            "-c",
+            VANILLA_PEFT_LOGITS,
+            str(demo_dir / "model"),
+            str(out),
+            str(out / "merged"),
+            str(tmp_path / "logits.pt"),
+            "4" if adapter == "qlora" else "32",
+        ],
         cwd=tmp_path,
     )
     assert checked.returncode == 0, checked.stderr[-3000:]
@@ -136,7 +156,13 @@ def dpo_recipe(tmp_path: Path, demo_dir: Path, **overrides) -> Path:
         )
     )
     return write_recipe(
-        tmp_path, demo_dir, rl="dpo", max_steps=2, micro_batch_size=4, train_on_inputs=None, logging_steps=1,
+        tmp_path,
+        demo_dir,
+        rl="dpo",
+        max_steps=2,
+        micro_batch_size=4,
+        train_on_inputs=None,
+        logging_steps=1,
         datasets=[{"path": str(pairs), "ds_type": "json", "split": "train", "type": "passthrough.default"}],
         **overrides,
     )
@@ -147,8 +173,16 @@ def test_dpo_reference_is_the_starting_model_after_svd_inits(tmp_path, demo_dir,
     """At step 0 the policy is the starting model; so must the reference be: rewards exactly 0.
     TRL's reference is the adapter-disabled model, which after PiSSA/MiLoRA is W_p, unless the
     model has an adapter named "ref" (the plugin's frozen copy of A0, B0)."""
-    recipe = dpo_recipe(tmp_path, demo_dir, adapter="lora", droplora_rank_dropout=None, droplora_mask_mode=None,
-                        lora_dropout=0.0, lora_alpha=16, peft_init_lora_weights=init)
+    recipe = dpo_recipe(
+        tmp_path,
+        demo_dir,
+        adapter="lora",
+        droplora_rank_dropout=None,
+        droplora_mask_mode=None,
+        lora_dropout=0.0,
+        lora_alpha=16,
+        peft_init_lora_weights=init,
+    )
     trained = run_cli([sys.executable, "-m", "axolotl.cli.train", str(recipe)], cwd=tmp_path)
     log = trained.stdout + trained.stderr
     assert trained.returncode == 0, log[-4000:]
@@ -223,21 +257,39 @@ print(f"max |built - base| = {(built - base).abs().max().item():.3e}")
 def test_svd_init_model_as_axolotl_builds_it_computes_the_base_model(tmp_path, demo_dir, init):
     """W_p + s·B·A = W right after Axolotl's loader returns (Axolotl >= 0.20 re-draws lora_A
     after post_lora_load; an init done there would be undone)."""
-    recipe = write_recipe(tmp_path, demo_dir, adapter="lora", droplora_rank_dropout=None,
-                          droplora_mask_mode=None, peft_init_lora_weights=init, lora_alpha=16,
-                          # the fused kernels patch attention in the train command only
-                          lora_qkv_kernel=False, lora_o_kernel=False, lora_mlp_kernel=False)
+    recipe = write_recipe(
+        tmp_path,
+        demo_dir,
+        adapter="lora",
+        droplora_rank_dropout=None,
+        droplora_mask_mode=None,
+        peft_init_lora_weights=init,
+        lora_alpha=16,
+        # the fused kernels patch attention in the train command only
+        lora_qkv_kernel=False,
+        lora_o_kernel=False,
+        lora_mlp_kernel=False,
+    )
     built = run_cli([sys.executable, "-c", BUILT_MODEL_VS_BASE, str(recipe), str(demo_dir / "model")], cwd=tmp_path)
     assert built.returncode == 0, built.stderr[-3000:]
     difference = float(re.search(r"max \|built - base\| = (\S+)", built.stdout).group(1))
     assert difference < 1e-4, built.stdout
 
 
-@pytest.mark.parametrize("overrides", [
-    {"adapter": "lora", "droplora_rank_dropout": None, "droplora_mask_mode": None, "peft_init_lora_weights": "milora"},
-    {"peft_init_lora_weights": "milora"},
-    {"peft_init_lora_weights": "pissa"},
-], ids=["lora+milora", "droplora+milora", "droplora+pissa"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {
+            "adapter": "lora",
+            "droplora_rank_dropout": None,
+            "droplora_mask_mode": None,
+            "peft_init_lora_weights": "milora",
+        },
+        {"peft_init_lora_weights": "milora"},
+        {"peft_init_lora_weights": "pissa"},
+    ],
+    ids=["lora+milora", "droplora+milora", "droplora+pissa"],
+)
 def test_svd_init_at_learning_rate_0_saves_an_adapter_that_gives_back_the_base_model(tmp_path, demo_dir, overrides):
     import torch
 
@@ -247,8 +299,16 @@ def test_svd_init_at_learning_rate_0_saves_an_adapter_that_gives_back_the_base_m
     out = tmp_path / "out"
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 32  # converted to 2r
     checked = run_cli(
-        [sys.executable, "-c", VANILLA_PEFT_LOGITS, str(demo_dir / "model"), str(out),
-         str(demo_dir / "model"), str(tmp_path / "logits.pt"), "32"],
+        [
+            sys.executable,
+            "-c",
+            VANILLA_PEFT_LOGITS,
+            str(demo_dir / "model"),
+            str(out),
+            str(demo_dir / "model"),
+            str(tmp_path / "logits.pt"),
+            "32",
+        ],
         cwd=tmp_path,
     )
     assert checked.returncode == 0, checked.stderr[-3000:]
@@ -260,10 +320,14 @@ def step_losses(log: str) -> list[float]:
     return [float(loss) for loss in re.findall(r"'loss': '?([0-9.]+)'?", log)]
 
 
-@pytest.mark.parametrize("overrides", [
-    {"droplora_rank_dropout": 0.5, "droplora_mask_mode": "element"},
-    {"droplora_mask_mode": "batch", "peft_init_lora_weights": "milora", "lora_alpha": 16},
-], ids=["droplora", "droplora+milora"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"droplora_rank_dropout": 0.5, "droplora_mask_mode": "element"},
+        {"droplora_mask_mode": "batch", "peft_init_lora_weights": "milora", "lora_alpha": 16},
+    ],
+    ids=["droplora", "droplora+milora"],
+)
 def test_a_run_resumed_from_a_checkpoint_logs_the_losses_of_an_uninterrupted_run(tmp_path, demo_dir, overrides):
     import shutil
 

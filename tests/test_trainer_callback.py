@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import run_cli
 from datasets import Dataset
 from peft import LoraConfig
 from safetensors.torch import load_file
@@ -14,7 +15,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from axolotl_droplora import DropLoRACallback
-from conftest import run_cli
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 
@@ -25,12 +25,22 @@ def records(demo_dir, split, n):
 
 
 def make_trainer(demo_dir, tmp_path, callback, r=8, alpha=16, dtype=None, lora_kwargs=None, **config):
-    settings = dict(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4,
-                    per_device_eval_batch_size=4, learning_rate=5e-3, logging_steps=1,
-                    save_strategy="no", report_to=[], max_length=64, use_cpu=True, seed=0,
-                    # TRL defaults to bf16 autocast, which accelerate wraps around forward for
-                    # good: exact logit comparisons need float32 throughout
-                    bf16=False)
+    settings = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        learning_rate=5e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        max_length=64,
+        use_cpu=True,
+        seed=0,
+        # TRL defaults to bf16 autocast, which accelerate wraps around forward for
+        # good: exact logit comparisons need float32 throughout
+        bf16=False,
+    )
     return SFTTrainer(
         # dtype=torch.bfloat16: a bf16-loaded base (test_bf16.py); None: the checkpoint's float32
         model=AutoModelForCausalLM.from_pretrained(demo_dir / "model", **({"dtype": dtype} if dtype else {})),
@@ -38,8 +48,7 @@ def make_trainer(demo_dir, tmp_path, callback, r=8, alpha=16, dtype=None, lora_k
         train_dataset=records(demo_dir, "train", 32),
         eval_dataset=records(demo_dir, "heldout", 8),
         processing_class=AutoTokenizer.from_pretrained(demo_dir / "model"),
-        peft_config=LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.05, target_modules=TARGETS,
-                               **(lora_kwargs or {})),
+        peft_config=LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.05, target_modules=TARGETS, **(lora_kwargs or {})),
         callbacks=[callback],
     )
 
@@ -71,8 +80,18 @@ assert not any(name.startswith("axolotl_droplora") for name in sys.modules), "im
 
 
 def vanilla_peft_logits(base_dir, adapter_dir, tokens, tmp_path):
-    done = run_cli([sys.executable, "-c", VANILLA_LOGITS, str(base_dir), str(adapter_dir),
-                    str(tokens.tolist()), str(tmp_path / "vanilla.pt")], cwd=tmp_path)
+    done = run_cli(
+        [
+            sys.executable,
+            "-c",
+            VANILLA_LOGITS,
+            str(base_dir),
+            str(adapter_dir),
+            str(tokens.tolist()),
+            str(tmp_path / "vanilla.pt"),
+        ],
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return torch.load(tmp_path / "vanilla.pt")
 
@@ -94,8 +113,9 @@ def test_sft_trainer_trains_with_rank_dropout_evaluates_without_and_saves_plain_
     trainer.model.eval()
     with torch.no_grad():
         expected = trainer.model(input_ids=tokens).logits
-    torch.testing.assert_close(vanilla_peft_logits(demo_dir / "model", out, tokens, tmp_path), expected,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        vanilla_peft_logits(demo_dir / "model", out, tokens, tmp_path), expected, atol=1e-5, rtol=0
+    )
 
 
 def test_milora_checkpoints_and_final_adapter_are_valid_on_the_original_base(demo_dir, tmp_path):
@@ -105,8 +125,9 @@ def test_milora_checkpoints_and_final_adapter_are_valid_on_the_original_base(dem
     tokens = torch.tensor([[5, 17, 42, 99, 3, 250]])
     trainer.model.eval()
     with torch.no_grad():  # MiLoRA ran at the end of __init__: step 0 is the base model
-        torch.testing.assert_close(trainer.model(input_ids=tokens).logits, base(input_ids=tokens).logits,
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            trainer.model(input_ids=tokens).logits, base(input_ids=tokens).logits, atol=1e-5, rtol=0
+        )
     trainer.train()
     trainer.save_model()
     trainer.model.eval()
@@ -117,8 +138,9 @@ def test_milora_checkpoints_and_final_adapter_are_valid_on_the_original_base(dem
     for adapter_dir in (out / "checkpoint-2", out / "checkpoint-4", out):
         config = json.loads((adapter_dir / "adapter_config.json").read_text())
         assert (config["peft_type"], config["r"], config["lora_alpha"]) == ("LORA", 16, 16), adapter_dir
-        assert all(w.shape[0] == 16 for k, w in load_file(adapter_dir / "adapter_model.safetensors").items()
-                   if ".lora_A." in k)
+        assert all(
+            w.shape[0] == 16 for k, w in load_file(adapter_dir / "adapter_model.safetensors").items() if ".lora_A." in k
+        )
     final = vanilla_peft_logits(demo_dir / "model", out, tokens, tmp_path)
     torch.testing.assert_close(final, expected, atol=1e-5, rtol=0)
     assert (final - base(input_ids=tokens).logits).abs().max() > 1e-4  # and it did train
@@ -151,7 +173,9 @@ def test_bad_arguments_fail_when_the_callback_is_made(kwargs, message):
 
 
 def test_a_trainer_without_lora_fails_at_construction(demo_dir, tmp_path):
-    with pytest.raises(ValueError, match="rank dropout needs a PEFT LoRA model, but LlamaForCausalLM has no LoRA layer"):
+    with pytest.raises(
+        ValueError, match="rank dropout needs a PEFT LoRA model, but LlamaForCausalLM has no LoRA layer"
+    ):
         SFTTrainer(
             model=AutoModelForCausalLM.from_pretrained(demo_dir / "model"),
             args=SFTConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_length=64),
@@ -219,8 +243,21 @@ def test_two_processes_share_masks_and_save_one_converted_adapter(demo_dir, tmp_
     several processes on CPU: docs/scaling.md says why)."""
     (tmp_path / "train.py").write_text(TWO_PROCESS_SFT)
     out = tmp_path / "out"
-    done = run_cli([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
-                    str(demo_dir / "model"), str(out), mask_mode], cwd=tmp_path)
+    done = run_cli(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "train.py",
+            str(demo_dir / "model"),
+            str(out),
+            mask_mode,
+        ],
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     ranks = [json.loads((out / f"masks-{rank}.json").read_text()) for rank in (0, 1)]
     assert all(r["world"] == 2 and len(r["masks"]) == 4 for r in ranks)  # both ranks trained 4 steps
@@ -240,12 +277,14 @@ def test_two_processes_share_masks_and_save_one_converted_adapter(demo_dir, tmp_
 def test_gradient_checkpointing_recomputes_each_step_with_that_steps_mask(demo_dir, tmp_path):
     from axolotl_droplora import installed_rank_dropout
 
-    trainer = make_trainer(demo_dir, tmp_path, DropLoRACallback(rank_dropout=0.5, mask_mode="batch"),
-                           gradient_checkpointing=True)
+    trainer = make_trainer(
+        demo_dir, tmp_path, DropLoRACallback(rank_dropout=0.5, mask_mode="batch"), gradient_checkpointing=True
+    )
     masks = []
     first_layer = next(iter(installed_rank_dropout(trainer.model).values()))
     first_layer.register_forward_hook(
-        lambda module, inputs, output: masks.append(tuple((output[0, 0] == 0).tolist())) if module.training else None)
+        lambda module, inputs, output: masks.append(tuple((output[0, 0] == 0).tolist())) if module.training else None
+    )
     trainer.train()
     assert len(masks) == 8  # 4 steps, each forward run again in the backward pass
     assert all(masks[2 * step] == masks[2 * step + 1] for step in range(4))
@@ -256,19 +295,27 @@ def test_gradient_checkpointing_recomputes_each_step_with_that_steps_mask(demo_d
 def test_svd_init_with_fsdp_cpu_ram_efficient_loading_is_refused_before_the_init_on_every_rank(tmp_path, milora):
     """What the Trainer hands the callback at the end of its __init__: the arguments that ask for
     weights on rank 0 only, and (on every rank but 0) a model whose weights are on meta."""
+    from conftest import tiny_base_model
     from peft import get_peft_model
     from transformers import TrainingArguments
 
-    from conftest import tiny_base_model
-
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], fsdp=True,
-                             fsdp_config={"fsdp_version": 2, "cpu_ram_efficient_loading": True})
-    model = get_peft_model(tiny_base_model(), LoraConfig(r=4, target_modules=["q_proj"],
-                                                         init_lora_weights=True if milora else "pissa"))
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to=[],
+        fsdp=True,
+        fsdp_config={"fsdp_version": 2, "cpu_ram_efficient_loading": True},
+    )
+    model = get_peft_model(
+        tiny_base_model(), LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=True if milora else "pissa")
+    )
     before = {name: p.clone() for name, p in model.named_parameters()}
     callback = DropLoRACallback(rank_dropout=0.3, milora=milora)
-    with pytest.raises(ValueError, match=rf"{'MiLoRA' if milora else 'PiSSA'} with fsdp_config\['cpu_ram_efficient_"
-                                         r"loading'\] = True: off rank 0 the base weights are empty"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{'MiLoRA' if milora else 'PiSSA'} with fsdp_config\['cpu_ram_efficient_"
+        r"loading'\] = True: off rank 0 the base weights are empty",
+    ):
         callback.on_init_end(args, None, None, model=model)
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # nothing ran
     assert callback.initial_adapter is None

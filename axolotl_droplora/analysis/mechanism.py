@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from .spectra import subspace_similarity
 from ..method.lora_layers import lora_layers
 from ..method.lora_layers import scaling as lora_scaling
+from .spectra import subspace_similarity
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -64,9 +64,14 @@ def adapter_factors(adapter_dir: str | Path) -> dict[str, tuple[torch.Tensor, to
 def model_factors(model, adapter: str = "default") -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
     """adapter_factors for a loaded PeftModel."""
 
-    return {name.removeprefix("base_model.model."): (layer.lora_A[adapter].weight.detach(),
-                                                     layer.lora_B[adapter].weight.detach(), layer.scaling[adapter])
-            for name, layer in lora_layers(model, adapter)}
+    return {
+        name.removeprefix("base_model.model."): (
+            layer.lora_A[adapter].weight.detach(),
+            layer.lora_B[adapter].weight.detach(),
+            layer.scaling[adapter],
+        )
+        for name, layer in lora_layers(model, adapter)
+    }
 
 
 def delta_svd(a: torch.Tensor, b: torch.Tensor, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,8 +97,11 @@ def spectra(factors: dict) -> dict[str, dict]:
     out = {}
     for name, (a, b, scaling) in factors.items():
         _, sigma = delta_svd(a, b, scaling)
-        out[name] = {"singular_values": [float(f"{s:.6g}") for s in sigma.tolist()],
-                     "effective_rank": effective_rank(sigma), "r": a.shape[0]}
+        out[name] = {
+            "singular_values": [float(f"{s:.6g}") for s in sigma.tolist()],
+            "effective_rank": effective_rank(sigma),
+            "r": a.shape[0],
+        }
     return out
 
 
@@ -107,9 +115,14 @@ def cross_seed_similarity(factor_sets: list[dict], ks: tuple[int, ...] | None = 
     bases = [{name: delta_svd(*factors[name])[0] for name in layers} for factors in factor_sets]
     r = min(bases[0][layers[0]].shape[1], *(basis[name].shape[1] for basis in bases for name in layers))
     ks = ks or tuple(sorted({1, max(1, r // 2), r}))
-    return {f"k={k}": statistics.fmean(subspace_similarity(one[name][:, :k], two[name][:, :k])
-                                       for one, two in itertools.combinations(bases, 2) for name in layers)
-            for k in ks}
+    return {
+        f"k={k}": statistics.fmean(
+            subspace_similarity(one[name][:, :k], two[name][:, :k])
+            for one, two in itertools.combinations(bases, 2)
+            for name in layers
+        )
+        for k in ks
+    }
 
 
 @contextmanager
@@ -134,9 +147,17 @@ def channels_removed(model, fraction: float, generator: torch.Generator, adapter
                 weight[channels] = values
 
 
-def pruning_curve(model, tokenizer, prompts: list[str], answers: list[str],
-                  fractions: tuple[float, ...] = DEFAULT_FRACTIONS, draws: int = 3, seed: int = 0,
-                  batch_size: int = 32, full: float | None = None) -> dict:
+def pruning_curve(
+    model,
+    tokenizer,
+    prompts: list[str],
+    answers: list[str],
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
+    draws: int = 3,
+    seed: int = 0,
+    batch_size: int = 32,
+    full: float | None = None,
+) -> dict:
     """Held-out answer loss of the full adapter (`full`, scored unless given) and, per fraction,
     of each draw with channels removed."""
     from ..eval.answer_loss import answer_nll
@@ -157,11 +178,17 @@ def pruning_curve(model, tokenizer, prompts: list[str], answers: list[str],
 def summarise_spectra(layer_spectra: dict) -> dict:
     """Mean effective rank over layers and the mean spectrum normalised by each layer's σ₁."""
     ranks = [s["effective_rank"] for s in layer_spectra.values()]
-    normalised = [[v / s["singular_values"][0] if s["singular_values"][0] > 0 else 0.0 for v in s["singular_values"]]
-                  for s in layer_spectra.values()]
-    return {"effective_rank_mean": statistics.fmean(ranks), "effective_rank_min": min(ranks),
-            "effective_rank_max": max(ranks), "r": max(s["r"] for s in layer_spectra.values()),
-            "normalised_spectrum": [statistics.fmean(column) for column in zip(*normalised)]}
+    normalised = [
+        [v / s["singular_values"][0] if s["singular_values"][0] > 0 else 0.0 for v in s["singular_values"]]
+        for s in layer_spectra.values()
+    ]
+    return {
+        "effective_rank_mean": statistics.fmean(ranks),
+        "effective_rank_min": min(ranks),
+        "effective_rank_max": max(ranks),
+        "r": max(s["r"] for s in layer_spectra.values()),
+        "normalised_spectrum": [statistics.fmean(column) for column in zip(*normalised)],
+    }
 
 
 def load_questions(path: str | Path, limit: int | None = None) -> list[dict]:
@@ -169,22 +196,35 @@ def load_questions(path: str | Path, limit: int | None = None) -> list[dict]:
     path = Path(path)
     text = path.read_text()
     try:
-        records = json.loads(text) if path.suffix == ".json" else [json.loads(l) for l in text.splitlines() if l.strip()]
+        records = (
+            json.loads(text)
+            if path.suffix == ".json"
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON{'' if path.suffix == '.json' else 'L'}: {err}") from None
     for index, record in enumerate(records[:limit]):
         missing = [key for key in ("instruction", "output") if key not in record]
         if missing:
-            raise ValueError(f"{path}, record {index}: missing {', '.join(missing)} (each question needs "
-                             f"'instruction' and 'output')")
+            raise ValueError(
+                f"{path}, record {index}: missing {', '.join(missing)} (each question needs 'instruction' and 'output')"
+            )
     if not records:
         raise ValueError(f"{path} holds no questions")
     return records[:limit]
 
 
-def analyze_adapters(base_model: str, adapter_dirs: list[str], questions_file: str | Path, out_dir: str | Path,
-                     prompt: str, fractions: tuple[float, ...] = DEFAULT_FRACTIONS, draws: int = 3,
-                     limit: int | None = 200, seed: int = 0) -> dict:
+def analyze_adapters(
+    base_model: str,
+    adapter_dirs: list[str],
+    questions_file: str | Path,
+    out_dir: str | Path,
+    prompt: str,
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
+    draws: int = 3,
+    limit: int | None = 200,
+    seed: int = 0,
+) -> dict:
     """Spectra, channel-removal curve and (for ≥ 2 adapters) similarity across them; writes
     mechanism.json, mechanism.md, spectra.png and pruning.png in out_dir."""
     from peft import PeftModel
@@ -201,35 +241,78 @@ def analyze_adapters(base_model: str, adapter_dirs: list[str], questions_file: s
     for adapter, factors in zip(adapter_dirs, factor_sets):
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), adapter).eval()
         layer_spectra = spectra(factors)
-        report["adapters"][str(adapter)] = {"spectra": summarise_spectra(layer_spectra), "layers": layer_spectra,
-                                            "pruning": pruning_curve(model, tokenizer, prompts, answers, fractions,
-                                                                     draws, seed)}
+        report["adapters"][str(adapter)] = {
+            "spectra": summarise_spectra(layer_spectra),
+            "layers": layer_spectra,
+            "pruning": pruning_curve(model, tokenizer, prompts, answers, fractions, draws, seed),
+        }
     if len(factor_sets) > 1:
         report["cross_adapter_phi"] = cross_seed_similarity(factor_sets)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "mechanism.json").write_text(json.dumps(report, indent=1))
-    lines = ["| adapter | r | effective rank (mean, min–max over layers) | answer loss | "
-             + " | ".join(f"{f:.0%} removed" for f in fractions) + " |", "|---|---|---|---|" + "---|" * len(fractions)]
+    lines = [
+        "| adapter | r | effective rank (mean, min–max over layers) | answer loss | "
+        + " | ".join(f"{f:.0%} removed" for f in fractions)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(fractions),
+    ]
     for adapter, a in report["adapters"].items():
         s, p = a["spectra"], a["pruning"]
-        lines.append(f"| {adapter} | {s['r']} | {s['effective_rank_mean']:.2f} ({s['effective_rank_min']:.2f}–"
-                     f"{s['effective_rank_max']:.2f}) | {p['full']:.4f} | "
-                     + " | ".join(f"{statistics.fmean(c['losses']):.4f}" for c in p["curve"]) + " |")
-    lines += ["", f"Answer loss: mean NLL per answer token on {len(records)} questions; with k = round(share · r) "
-              f"random rank channels of every layer zeroed, mean of {draws} draws."]
+        lines.append(
+            f"| {adapter} | {s['r']} | {s['effective_rank_mean']:.2f} ({s['effective_rank_min']:.2f}–"
+            f"{s['effective_rank_max']:.2f}) | {p['full']:.4f} | "
+            + " | ".join(f"{statistics.fmean(c['losses']):.4f}" for c in p["curve"])
+            + " |"
+        )
+    lines += [
+        "",
+        f"Answer loss: mean NLL per answer token on {len(records)} questions; with k = round(share · r) "
+        f"random rank channels of every layer zeroed, mean of {draws} draws.",
+    ]
     if "cross_adapter_phi" in report:
-        lines += ["", "Subspace similarity φ of ΔW's top-k left singular vectors, mean over layers and adapter "
-                  "pairs: " + ", ".join(f"{k}: {v:.3f}" for k, v in report["cross_adapter_phi"].items())]
+        lines += [
+            "",
+            "Subspace similarity φ of ΔW's top-k left singular vectors, mean over layers and adapter "
+            "pairs: " + ", ".join(f"{k}: {v:.3f}" for k, v in report["cross_adapter_phi"].items()),
+        ]
     (out_dir / "mechanism.md").write_text("\n".join(lines) + "\n")
     names = {adapter: "/".join(Path(adapter).parts[-2:]) for adapter in report["adapters"]}
-    line_panels(out_dir / "spectra.png", [{"title": "singular values of ΔW / σ₁, mean over layers", "xlabel": "index",
-                                           "ylabel": "σᵢ / σ₁", "series": {
-        names[a]: (list(range(1, len(v["spectra"]["normalised_spectrum"]) + 1)), v["spectra"]["normalised_spectrum"], None)
-        for a, v in report["adapters"].items()}}])
-    line_panels(out_dir / "pruning.png", [{"title": "rank channels removed at inference", "xlabel": "share removed",
-                                           "ylabel": "answer loss (nats/token)", "series": {
-        names[a]: ([0.0] + list(fractions), [v["pruning"]["full"]] + [statistics.fmean(c["losses"]) for c in v["pruning"]["curve"]], None)
-        for a, v in report["adapters"].items()}}])
+    line_panels(
+        out_dir / "spectra.png",
+        [
+            {
+                "title": "singular values of ΔW / σ₁, mean over layers",
+                "xlabel": "index",
+                "ylabel": "σᵢ / σ₁",
+                "series": {
+                    names[a]: (
+                        list(range(1, len(v["spectra"]["normalised_spectrum"]) + 1)),
+                        v["spectra"]["normalised_spectrum"],
+                        None,
+                    )
+                    for a, v in report["adapters"].items()
+                },
+            }
+        ],
+    )
+    line_panels(
+        out_dir / "pruning.png",
+        [
+            {
+                "title": "rank channels removed at inference",
+                "xlabel": "share removed",
+                "ylabel": "answer loss (nats/token)",
+                "series": {
+                    names[a]: (
+                        [0.0] + list(fractions),
+                        [v["pruning"]["full"]] + [statistics.fmean(c["losses"]) for c in v["pruning"]["curve"]],
+                        None,
+                    )
+                    for a, v in report["adapters"].items()
+                },
+            }
+        ],
+    )
     return report

@@ -22,7 +22,9 @@ from ..method.lora_layers import lora_layers
 def subspace_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
     """φ(A, B) = ‖AᵀB‖²_F / r for column-orthonormal A, B of shape (d, r)."""
     if a.shape != b.shape:
-        raise ValueError(f"subspace_similarity needs two (d, r) matrices of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"subspace_similarity needs two (d, r) matrices of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     return float(torch.linalg.matrix_norm(a.double().T @ b.double()) ** 2 / a.shape[1])
 
 
@@ -66,7 +68,11 @@ def adapter_deltas(model) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
     for name, layer in lora_layers(model, "default"):
         with torch.no_grad():
             delta = layer.get_delta_weight("default")
-        deltas[name.removeprefix("base_model.model.")] = (layer.get_base_layer().weight.detach(), delta, layer.r["default"])
+        deltas[name.removeprefix("base_model.model.")] = (
+            layer.get_base_layer().weight.detach(),
+            delta,
+            layer.r["default"],
+        )
     return deltas
 
 
@@ -78,8 +84,15 @@ def forgetting_loss(base, tuned, input_ids: torch.Tensor) -> float:
     return float(-(p_base * log_p_tuned).sum(-1).mean())
 
 
-def analyze(base_dir: str, adapter_dir: str, layers: list[int] | None, modules: list[str] | None,
-            text: str | None, out_dir, rank: int | None = None) -> dict:
+def analyze(
+    base_dir: str,
+    adapter_dir: str,
+    layers: list[int] | None,
+    modules: list[str] | None,
+    text: str | None,
+    out_dir,
+    rank: int | None = None,
+) -> dict:
     """Run every analysis on the chosen layers/modules; write analysis.json, .md and .png."""
     import json
     from pathlib import Path
@@ -104,20 +117,33 @@ def analyze(base_dir: str, adapter_dir: str, layers: list[int] | None, modules: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "analysis.json").write_text(json.dumps(report, indent=1))
-    lines = ["| layer | φ top | φ bottom | φ random | ‖W‖_F | ‖UᵀWV‖ (W's U,V) | (random) | (ΔW's) | ‖UᵀΔWV‖ (ΔW's) | amplification |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| layer | φ top | φ bottom | φ random | ‖W‖_F | ‖UᵀWV‖ (W's U,V) | (random) | (ΔW's) "
+        "| ‖UᵀΔWV‖ (ΔW's) | amplification |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, a in chosen.items():
-        lines.append(f"| {name} | {a['phi_top']:.3f} | {a['phi_bottom']:.3f} | {a['phi_random']:.3f} | "
-                     f"{a['norm_W']:.2f} | {a['W_on_W']:.2f} | {a['W_on_random']:.2f} | {a['W_on_delta']:.2f} | "
-                     f"{a['delta_on_delta']:.2f} | {a['amplification']:.2f} |")
+        lines.append(
+            f"| {name} | {a['phi_top']:.3f} | {a['phi_bottom']:.3f} | {a['phi_random']:.3f} | "
+            f"{a['norm_W']:.2f} | {a['W_on_W']:.2f} | {a['W_on_random']:.2f} | {a['W_on_delta']:.2f} | "
+            f"{a['delta_on_delta']:.2f} | {a['amplification']:.2f} |"
+        )
     if "forgetting_loss" in report:
-        lines += ["", f"Forgetting loss (cross-entropy against the base model's predictions): {report['forgetting_loss']:.4f}"]
+        lines += [
+            "",
+            f"Forgetting loss (cross-entropy against the base model's predictions): {report['forgetting_loss']:.4f}",
+        ]
     (out_dir / "analysis.md").write_text("\n".join(lines) + "\n")
 
     names = list(chosen)
-    grouped_bars(out_dir / "analysis.png", [n.split("layers.")[-1] for n in names],
-                 {"φ vs W's top r": [chosen[n]["phi_top"] for n in names],
-                  "φ vs W's bottom r": [chosen[n]["phi_bottom"] for n in names],
-                  "φ vs a random subspace": [chosen[n]["phi_random"] for n in names]},
-                 "subspace similarity φ with ΔW's top r")
+    grouped_bars(
+        out_dir / "analysis.png",
+        [n.split("layers.")[-1] for n in names],
+        {
+            "φ vs W's top r": [chosen[n]["phi_top"] for n in names],
+            "φ vs W's bottom r": [chosen[n]["phi_bottom"] for n in names],
+            "φ vs a random subspace": [chosen[n]["phi_random"] for n in names],
+        },
+        "subspace similarity φ with ΔW's top r",
+    )
     return report

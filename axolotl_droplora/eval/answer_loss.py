@@ -37,16 +37,18 @@ def answer_nll(model, tokenizer, prompts: list[str], answers: list[str], batch_s
     losses = []
     try:
         for start in range(0, len(prompts), batch_size):
-            encoded = [encode(tokenizer, p, a) for p, a in zip(prompts[start:start + batch_size],
-                                                                answers[start:start + batch_size])]
+            encoded = [
+                encode(tokenizer, p, a)
+                for p, a in zip(prompts[start : start + batch_size], answers[start : start + batch_size])
+            ]
             width = max(len(ids) for ids, _ in encoded)
             ids = torch.full((len(encoded), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
             scored = torch.zeros(len(encoded), width, dtype=torch.bool)  # positions whose token is an answer token
             for row, (tokens, n_prompt) in enumerate(encoded):  # right padding: positions stay 0..len-1
-                ids[row, :len(tokens)] = torch.tensor(tokens)
-                mask[row, :len(tokens)] = 1
-                scored[row, n_prompt:len(tokens)] = True
+                ids[row, : len(tokens)] = torch.tensor(tokens)
+                mask[row, : len(tokens)] = 1
+                scored[row, n_prompt : len(tokens)] = True
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
             targets = ids[:, 1:].to(device)

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from .plots import grouped_bars
+from .prompts import ALPACA, MATH_PROMPT
 from .scorers import (
     COMMONSENSE_PATTERNS,
     ScoringError,
@@ -35,7 +36,6 @@ from .scorers import (
     math_answer,
     math_equivalent,
 )
-from .prompts import ALPACA, MATH_PROMPT
 
 TASK_SETS = {
     "commonsense": list(COMMONSENSE_PATTERNS),
@@ -55,10 +55,16 @@ def load_set(data_dir: Path, set_name: str) -> list[dict]:
         if path.is_file():
             break
     else:
-        raise EvalDataError(f"no test file for {set_name!r}: expected {Path(data_dir) / set_name}/test.json or test.jsonl")
+        raise EvalDataError(
+            f"no test file for {set_name!r}: expected {Path(data_dir) / set_name}/test.json or test.jsonl"
+        )
     try:
         text = path.read_text()
-        records = json.loads(text) if path.suffix == ".json" else [json.loads(l) for l in text.splitlines() if l.strip()]
+        records = (
+            json.loads(text)
+            if path.suffix == ".json"
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
     except json.JSONDecodeError as err:
         raise EvalDataError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(records, list) or not records:
@@ -88,7 +94,8 @@ def prompt_for(set_name: str, record: dict, math_prompt: str = MATH_PROMPT) -> s
         question = f"{question}\nYour code should pass these tests:\n" + "\n".join(record["test_list"])
     elif record.get("input"):
         return ALPACA.replace("{instruction}\n\n", "{instruction}\n\n### Input:\n{input}\n\n").format(
-            instruction=question, input=record["input"])
+            instruction=question, input=record["input"]
+        )
     return ALPACA.format(instruction=question)
 
 
@@ -107,12 +114,16 @@ def score(set_name: str, record: dict, generation: str, scoring: str = "paper") 
             return {"prediction": predicted, "correct": predicted == record["answer"]}
         if set_name == "gsm8k":
             predicted = gsm8k_number(generation, scoring)
-            return {"prediction": _json_number(predicted),
-                    "correct": gsm8k_equal(predicted, gsm8k_label(record["answer"]), scoring)}
+            return {
+                "prediction": _json_number(predicted),
+                "correct": gsm8k_equal(predicted, gsm8k_label(record["answer"]), scoring),
+            }
         if set_name == "math":
             predicted = math_answer(generation)
-            return {"prediction": predicted,
-                    "correct": predicted is not None and math_equivalent(predicted, str(record["answer"]), scoring)}
+            return {
+                "prediction": predicted,
+                "correct": predicted is not None and math_equivalent(predicted, str(record["answer"]), scoring),
+            }
     except Exception as err:  # noqa: BLE001 - one odd generation must not stop a whole run
         reason = str(err) if isinstance(err, ScoringError) else f"{type(err).__name__}: {err}"
         return {"prediction": "" if code else None, **({} if code else {"correct": False}), "error": reason}
@@ -134,8 +145,7 @@ def _json_number(value):
 class Generator:
     """Greedy batched generation with transformers (or vLLM), from a merged model or base + adapter."""
 
-    def __init__(self, model_path: str, adapter: str | None = None, use_vllm: bool = False,
-                 max_new_tokens: int = 256):
+    def __init__(self, model_path: str, adapter: str | None = None, use_vllm: bool = False, max_new_tokens: int = 256):
         self.max_new_tokens = max_new_tokens
         if use_vllm:
             try:
@@ -161,7 +171,7 @@ class Generator:
         self._use_transformers(model, AutoTokenizer.from_pretrained(model_path))
 
     @classmethod
-    def from_model(cls, model, tokenizer, max_new_tokens: int = 256) -> "Generator":
+    def from_model(cls, model, tokenizer, max_new_tokens: int = 256) -> Generator:
         """Generate with a model already in memory (e.g. just trained), in eval mode."""
         self = cls.__new__(cls)
         self.max_new_tokens = max_new_tokens
@@ -183,14 +193,24 @@ class Generator:
 
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.model.device)
         with torch.no_grad():
-            out = self.model.generate(**batch, do_sample=False, max_new_tokens=self.max_new_tokens,
-                                      pad_token_id=self.tokenizer.pad_token_id)
-        return self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = self.model.generate(
+                **batch, do_sample=False, max_new_tokens=self.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id
+            )
+        return self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def evaluate(generate, data_dir: str | Path, sets: list[str], out_dir: str | Path,
-             batch_size: int = 8, limit: int | None = None, execute: bool = False,
-             run_info: dict | None = None, math_prompt: str = MATH_PROMPT, scoring: str = "paper") -> dict:
+def evaluate(
+    generate,
+    data_dir: str | Path,
+    sets: list[str],
+    out_dir: str | Path,
+    batch_size: int = 8,
+    limit: int | None = None,
+    execute: bool = False,
+    run_info: dict | None = None,
+    math_prompt: str = MATH_PROMPT,
+    scoring: str = "paper",
+) -> dict:
     """Generate (resuming), score, and write results.json; returns the results.
 
     `scoring`: "paper" (the papers' evaluation code, quirks included) or "corrected"; recorded
@@ -221,7 +241,7 @@ def evaluate(generate, data_dir: str | Path, sets: list[str], out_dir: str | Pat
     todo = [(name, i) for name, records in data.items() for i in range(len(records)) if (name, i) not in done]
     with open(log, "a") as sink, tqdm(total=len(todo), desc="generating", unit="example") as progress:
         for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+            batch = todo[start : start + batch_size]
             generations = generate([prompt_for(name, data[name][i], math_prompt) for name, i in batch])
             for (name, i), generation in zip(batch, generations):
                 done[name, i] = generation
@@ -232,8 +252,10 @@ def evaluate(generate, data_dir: str | Path, sets: list[str], out_dir: str | Pat
 
     results = {"scoring": scoring, "sets": {}, "examples": []}
     for name, records in data.items():
-        scored = [dict(set=name, index=i, generation=done[name, i], **score(name, r, done[name, i], scoring))
-                  for i, r in enumerate(records)]
+        scored = [
+            dict(set=name, index=i, generation=done[name, i], **score(name, r, done[name, i], scoring))
+            for i, r in enumerate(records)
+        ]
         results["examples"].extend(scored)
         if name in ("humaneval", "mbpp"):
             _write_code_jsonl(out_dir / f"{name}_samples.jsonl", records, scored)
@@ -242,8 +264,10 @@ def evaluate(generate, data_dir: str | Path, sets: list[str], out_dir: str | Pat
             else:
                 results["sets"][name] = {"n": len(records), "samples": f"{name}_samples.jsonl"}
         else:
-            results["sets"][name] = {"accuracy": 100 * sum(s["correct"] for s in scored) / len(scored),
-                                     "n": len(records)}
+            results["sets"][name] = {
+                "accuracy": 100 * sum(s["correct"] for s in scored) / len(scored),
+                "n": len(records),
+            }
     scores = [s.get("accuracy", s.get("pass@1")) for s in results["sets"].values()]
     if scores and None not in scores:
         results["average"] = sum(scores) / len(scores)
@@ -253,8 +277,9 @@ def evaluate(generate, data_dir: str | Path, sets: list[str], out_dir: str | Pat
     return results
 
 
-def refuse_other_run(out_dir: Path, run_info: dict, info_name: str = "run.json",
-                     evidence: str = "predictions.jsonl") -> None:
+def refuse_other_run(
+    out_dir: Path, run_info: dict, info_name: str = "run.json", evidence: str = "predictions.jsonl"
+) -> None:
     """Raise EvalDataError when `out_dir` holds results (`evidence`) of a run whose settings,
     kept in `info_name`, differ from `run_info`: resuming must never mix two runs."""
     previous = Path(out_dir) / info_name
@@ -274,9 +299,12 @@ def run_signature(model: str, adapter: str | None, max_new_tokens: int) -> dict:
 
     weights = Path(adapter or "", "adapter_model.safetensors")
     digest = hashlib.sha256(weights.read_bytes()).hexdigest() if adapter and weights.is_file() else None
-    return {"model": str(Path(model).resolve()) if Path(model).exists() else model,
-            "adapter": str(Path(adapter).resolve()) if adapter else None,
-            "adapter_sha256": digest, "max_new_tokens": max_new_tokens}
+    return {
+        "model": str(Path(model).resolve()) if Path(model).exists() else model,
+        "adapter": str(Path(adapter).resolve()) if adapter else None,
+        "adapter_sha256": digest,
+        "max_new_tokens": max_new_tokens,
+    }
 
 
 def _write_code_jsonl(path: Path, records: list[dict], scored: list[dict]) -> None:
@@ -326,14 +354,20 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, paper: dict | None 
         values = [numbers.get(name) for name in sets]
         known = [v for v in values if v is not None]
         average = f"{sum(known) / len(known):.2f}" if known and len(known) == len(values) else "—"
-        lines.append(f"| {label} | {modes[label]} | " + " | ".join("—" if v is None else f"{v:.2f}" for v in values)
-                     + f" | {average} |")
+        lines.append(
+            f"| {label} | {modes[label]} | "
+            + " | ".join("—" if v is None else f"{v:.2f}" for v in values)
+            + f" | {average} |"
+        )
     table = "\n".join(lines) + "\n"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.md").write_text(table)
 
-    grouped_bars(out_dir / "comparison.png", sets,
-                 {label: [numbers.get(n) or 0 for n in sets] for label, numbers in rows.items()},
-                 "accuracy / pass@1 (%)")
+    grouped_bars(
+        out_dir / "comparison.png",
+        sets,
+        {label: [numbers.get(n) or 0 for n in sets] for label, numbers in rows.items()},
+        "accuracy / pass@1 (%)",
+    )
     return table

@@ -34,8 +34,15 @@ def grouped_bars(path: str | Path, categories: list[str], series: dict[str, list
     plt.close(figure)
 
 
-def bars_and_curves(path: str | Path, labels: list[str], means: list[float], stds: list[float],
-                    bar_label: str, curves: dict[str, list[float]], curve_label: str) -> None:
+def bars_and_curves(
+    path: str | Path,
+    labels: list[str],
+    means: list[float],
+    stds: list[float],
+    bar_label: str,
+    curves: dict[str, list[float]],
+    curve_label: str,
+) -> None:
     """Left: one bar per label with a ±std error bar. Right: one line per label over steps."""
     plt = _pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=100)
@@ -65,8 +72,14 @@ def line_panels(path: str | Path, panels: list[dict]) -> None:
             color = plt.cm.tab10(k % 10)
             ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=label, color=color)
             if errors is not None:
-                ax.fill_between(xs, [y - e for y, e in zip(ys, errors)], [y + e for y, e in zip(ys, errors)],
-                                color=color, alpha=0.15, linewidth=0)
+                ax.fill_between(
+                    xs,
+                    [y - e for y, e in zip(ys, errors)],
+                    [y + e for y, e in zip(ys, errors)],
+                    color=color,
+                    alpha=0.15,
+                    linewidth=0,
+                )
         ax.set_title(panel["title"], fontsize="medium")
         ax.set_xlabel(panel["xlabel"])
         ax.set_ylabel(panel["ylabel"])

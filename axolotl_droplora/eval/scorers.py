@@ -106,8 +106,9 @@ def gsm8k_number(generation: str, scoring: str = "paper") -> int | Fraction | No
         top, bottom = _fraction_package(numerator, denominator)
         return round(top / bottom)
     except (OverflowError, ZeroDivisionError, RecursionError) as err:
-        raise ScoringError(f"MetaMath's GSM8K extraction raises {type(err).__name__} ({err}) "
-                           f"on {found.group(0)[:40]!r}") from None
+        raise ScoringError(
+            f"MetaMath's GSM8K extraction raises {type(err).__name__} ({err}) on {found.group(0)[:40]!r}"
+        ) from None
 
 
 def _parses_as_float(text: str) -> bool:
@@ -122,6 +123,7 @@ def _fraction_package(numerator: str, denominator: str) -> tuple[int, int]:
     """numerator/denominator as the `fraction` 2.2.0 package that MetaMath imports computes it:
     each side goes through float and its printed digits, and every product is reduced by a
     gcd and then divided in floating point, so large values lose digits."""
+
     def reduced(top: int, bottom: int) -> tuple[int, int]:
         divisor = _gcd_euclid(top, bottom)
         top, bottom = int(top / divisor), int(bottom / divisor)  # float division, as there
@@ -133,7 +135,7 @@ def _fraction_package(numerator: str, denominator: str) -> tuple[int, int]:
         value = float(text)
         shown = str(value)
         places = len(shown) - shown.index(".") - 1 if "." in shown else len(shown)
-        return reduced(int(round(value * 10 ** places)), 10 ** places)
+        return reduced(int(round(value * 10**places)), 10**places)
 
     (a, b), (c, d) = from_text(numerator), from_text(denominator)
     if c == 0:
@@ -158,8 +160,9 @@ def gsm8k_label(answer) -> Fraction:
     try:
         return Fraction(text)
     except (ValueError, ZeroDivisionError):
-        raise ScoringError(f"GSM8K label {str(answer)[-40:]!r} is not a number "
-                           "(expected e.g. 42 or a solution ending '#### 42')") from None
+        raise ScoringError(
+            f"GSM8K label {str(answer)[-40:]!r} is not a number (expected e.g. 42 or a solution ending '#### 42')"
+        ) from None
 
 
 def gsm8k_correct(generation: str, answer, scoring: str = "paper") -> bool:
@@ -185,6 +188,7 @@ def gsm8k_equal(predicted: int | Fraction | None, label: Fraction, scoring: str 
 
 
 # --- MATH --------------------------------------------------------------------------------------
+
 
 def math_answer(generation: str) -> str | None:
     """After the last `The answer is: `, up to the first `.\\n`, without one trailing dot."""
@@ -213,8 +217,16 @@ class NormalizationError(ValueError):
 
 
 _PLAIN_REMOVALS = ("\n", "\\!")
-_LATEX_REWRITES = (("\\\\", "\\"), ("tfrac", "frac"), ("dfrac", "frac"), ("\\left", ""), ("\\right", ""),
-                   ("^{\\circ}", ""), ("^\\circ", ""), ("\\$", ""))
+_LATEX_REWRITES = (
+    ("\\\\", "\\"),
+    ("tfrac", "frac"),
+    ("dfrac", "frac"),
+    ("\\left", ""),
+    ("\\right", ""),
+    ("^{\\circ}", ""),
+    ("^\\circ", ""),
+    ("\\$", ""),
+)
 
 
 def normalize_math(text: str, scoring: str = "paper") -> str:
@@ -313,13 +325,15 @@ def extract_code(generation: str, scoring: str = "paper") -> str:
         end = code.find("\n```")
         if end >= 0:
             code = code[:end].strip()
-    for marker, cut in (('__name__ == "__main__"', 'if __name__ == "__main__":'),
-                        ("# Example usage", "# Example usage"), ("assert", "assert")):
+    for marker, cut in (
+        ('__name__ == "__main__"', 'if __name__ == "__main__":'),
+        ("# Example usage", "# Example usage"),
+        ("assert", "assert"),
+    ):
         if marker in code:
             at = code.find(cut)
             if at < 0:
-                raise ScoringError(f"DropLoRA's code extractor raises ValueError: {marker!r} occurs "
-                                   f"but not {cut!r}")
+                raise ScoringError(f"DropLoRA's code extractor raises ValueError: {marker!r} occurs but not {cut!r}")
             code = code[:at].strip()
     return code
 
@@ -329,12 +343,12 @@ def _extract_code_corrected(generation: str) -> str:
     start = 0
     while fence := _FENCE.search(code, start):  # the first block with code in it
         closing = _CLOSING_FENCE.search(code, fence.end())
-        block = code[fence.end():closing.start() if closing else len(code)]
+        block = code[fence.end() : closing.start() if closing else len(code)]
         if block.strip() or not closing:
             code = block
             break
         start = closing.start()  # an empty block: its closing fence may open the next
     cut = _TOP_LEVEL_END.search(code)
-    code = code[:cut.start()] if cut else code
+    code = code[: cut.start()] if cut else code
     code = re.sub(r"^(?:[ \t]*\n)+", "", code)  # blank lines only: a body's indentation stays
     return code.rstrip() + "\n" if code.strip() else ""

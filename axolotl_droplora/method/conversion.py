@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from peft import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
-from .lora_layers import alpha_for_doubled_rank, lora_layers
 
 from .exact_init import remove_initial_term
+from .lora_layers import alpha_for_doubled_rank, lora_layers
 
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
@@ -38,8 +38,7 @@ def snapshot_initial_adapter(model, adapter_name: str = "default") -> dict[str, 
     lora = [p for name, p in model.named_parameters() if f".{adapter_name}." in name and ".lora_" in name]
     with gathered(lora, modifier_rank=None):  # read only
         state = get_peft_model_state_dict(model, adapter_name=adapter_name)
-        return {key: _whole(value).detach().to("cpu", copy=True) for key, value in state.items()
-                if ".lora_" in key}
+        return {key: _whole(value).detach().to("cpu", copy=True) for key, value in state.items() if ".lora_" in key}
 
 
 @contextmanager
@@ -95,8 +94,9 @@ def doubled_rank_config(config: dict) -> dict:
     return config
 
 
-def convert_adapter_dir(adapter_dir: str | Path, initial: dict[str, torch.Tensor],
-                        keep_trained_as: str | None = None) -> None:
+def convert_adapter_dir(
+    adapter_dir: str | Path, initial: dict[str, torch.Tensor], keep_trained_as: str | None = None
+) -> None:
     """Rewrite a saved residual-base adapter (a checkpoint) in place for the original base.
 
     With `keep_trained_as=NAME`, the adapter as trained (rank r, for the residual base) is kept
@@ -122,8 +122,11 @@ def convert_adapter_dir(adapter_dir: str | Path, initial: dict[str, torch.Tensor
     scratch = adapter_dir / ".converting"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
-    save_file(to_original_base(load_file(adapter_dir / ADAPTER_WEIGHTS), initial),
-              scratch / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    save_file(
+        to_original_base(load_file(adapter_dir / ADAPTER_WEIGHTS), initial),
+        scratch / ADAPTER_WEIGHTS,
+        metadata={"format": "pt"},
+    )
     (scratch / ADAPTER_CONFIG).write_text(json.dumps(doubled_rank_config(config), indent=2))
     os.replace(scratch / ADAPTER_WEIGHTS, adapter_dir / ADAPTER_WEIGHTS)
     os.replace(scratch / ADAPTER_CONFIG, adapter_dir / ADAPTER_CONFIG)
@@ -135,9 +138,9 @@ def initial_adapter_of(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
     initial = {}
     for key, value in load_file(Path(adapter_dir) / ADAPTER_WEIGHTS).items():
         if ".lora_A." in key:
-            initial[key] = value[value.shape[0] // 2:]
+            initial[key] = value[value.shape[0] // 2 :]
         elif ".lora_B." in key:
-            initial[key] = -value[:, value.shape[1] // 2:]
+            initial[key] = -value[:, value.shape[1] // 2 :]
     return initial
 
 
@@ -151,8 +154,8 @@ def fold_into_original_base(model, initial: dict[str, torch.Tensor], adapter_nam
 
     The model computes the same function before and after (up to the base dtype's rounding; with
     `svd_init_exact` the base weight is W already and stays untouched: the frozen −s·B0·A0 term
-    becomes the adapter's second half, up to the adapter dtype's rounding of the sum); afterwards it is a plain LoRA on the original base,
-    whatever saves it next.
+    becomes the adapter's second half, up to the adapter dtype's rounding of the sum); afterwards
+    it is a plain LoRA on the original base, whatever saves it next.
     """
     for name, layer in lora_layers(model, adapter_name):
         a0, b0 = (initial[f"{name}.lora_{ab}.weight"] for ab in "AB")
@@ -166,8 +169,9 @@ def fold_into_original_base(model, initial: dict[str, torch.Tensor], adapter_nam
         lora_b.weight = torch.nn.Parameter(torch.cat([lora_b.weight, -b0], dim=1), lora_b.weight.requires_grad)
         lora_a.out_features = lora_b.in_features = lora_a.weight.shape[0]
         layer.r[adapter_name] *= 2
-        layer.lora_alpha[adapter_name] = alpha_for_doubled_rank(layer.lora_alpha[adapter_name],
-                                                                layer.use_rslora[adapter_name])
+        layer.lora_alpha[adapter_name] = alpha_for_doubled_rank(
+            layer.lora_alpha[adapter_name], layer.use_rslora[adapter_name]
+        )
     config = model.peft_config[adapter_name]
     for key, value in doubled_rank_config(config.to_dict()).items():
         if key in ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "init_lora_weights"):

@@ -46,6 +46,4 @@ def is_svd_init(init_lora_weights) -> bool:
     """Whether `init_lora_weights` (a LoraConfig's, or the `peft_init_lora_weights` key) is an SVD init that
     moves s·B0·A0 out of W: MiLoRA ("milora") or PEFT's PiSSA ("pissa", "pissa_niter_N"), case-sensitive
     as in PEFT (args.py names the value meant for a near miss such as "PiSSA")."""
-    return isinstance(init_lora_weights, str) and (
-        init_lora_weights == MILORA or init_lora_weights.startswith("pissa")
-    )
+    return isinstance(init_lora_weights, str) and (init_lora_weights == MILORA or init_lora_weights.startswith("pissa"))

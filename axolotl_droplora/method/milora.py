@@ -38,8 +38,9 @@ LOG = logging.getLogger(__name__)
 BATCH_BYTES = 1 << 30  # stack at most this many bytes of float64 Gram matrices at once
 # why an SVD init cannot run with FSDP's cpu_ram_efficient_loading (the plugin's config check,
 # the callback's check of TrainingArguments, and the init itself say it)
-META_WEIGHTS_REASON = ("off rank 0 the base weights are empty (meta device) until FSDP wraps the model, "
-                       "after the SVD init")
+META_WEIGHTS_REASON = (
+    "off rank 0 the base weights are empty (meta device) until FSDP wraps the model, after the SVD init"
+)
 
 
 def loads_weights_on_rank_0_only(fsdp_config: dict | None) -> bool:
@@ -162,7 +163,7 @@ def minor_components(weights: list[torch.Tensor], rank: int, on_batch=None) -> l
     for (shape, _), indices in by_shape.items():
         per_batch = max(1, BATCH_BYTES // (8 * min(shape) ** 2))
         for first in range(0, len(indices), per_batch):
-            batch = indices[first:first + per_batch]
+            batch = indices[first : first + per_batch]
             for index, triplet in zip(batch, _minor_components_batch([weights[i] for i in batch], rank)):
                 triplets[index] = triplet
             if on_batch:
@@ -193,8 +194,10 @@ def _smallest_eigenpairs(gram: torch.Tensor, rank: int) -> tuple[torch.Tensor, t
         return eigenvalues[:, :rank], eigenvectors[:, :, :rank]
     # LAPACK's selective solver computes only the pairs asked for: ~2.5x faster than all of them
     pairs = [scipy.linalg.eigh(g.numpy(), subset_by_index=[0, rank - 1], driver="evx") for g in gram]
-    return (torch.stack([torch.from_numpy(values) for values, _ in pairs]),
-            torch.stack([torch.from_numpy(vectors) for _, vectors in pairs]))
+    return (
+        torch.stack([torch.from_numpy(values) for values, _ in pairs]),
+        torch.stack([torch.from_numpy(vectors) for _, vectors in pairs]),
+    )
 
 
 def _set_minor_components(layer: LoraLayer, adapter: str, u_m, s_m, vh_m, exact: bool = False) -> None:

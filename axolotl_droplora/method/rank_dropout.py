@@ -33,6 +33,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from .lora_layers import lora_layers
 
 MASK_MODES = ("element", "sequence", "batch")
@@ -46,9 +47,7 @@ def check_rank_dropout_args(p: float, mask_mode: str) -> None:
             f"dropped per step; the paper recommends 0.3), got {p!r}"
         )
     if mask_mode not in MASK_MODES:
-        raise ValueError(
-            f"unknown rank dropout mask mode {mask_mode!r}; choose one of {', '.join(MASK_MODES)}"
-        )
+        raise ValueError(f"unknown rank dropout mask mode {mask_mode!r}; choose one of {', '.join(MASK_MODES)}")
 
 
 class RankDropout(nn.Module):

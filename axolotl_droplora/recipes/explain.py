@@ -18,19 +18,43 @@ from pathlib import Path
 
 import yaml
 
-from . import paper as table
-from ..model_card import Method, ServingFacts, serving_facts, vllm_lines
-from ..method.lora_layers import scaling
 from ..args import SEQUENCE_MASK_WITH_PACKING
+from ..method.lora_layers import scaling
+from ..model_card import Method, ServingFacts, serving_facts, vllm_lines
+from . import paper as table
 
 # not hyperparameters: where things go, how they are logged and saved, how the work is spread
 NOT_HYPERPARAMETERS = {
-    "output_dir", "dataset_prepared_path", "datasets", "deepspeed", "fsdp", "fsdp_config", "plugins",
-    "logging_steps", "save_strategy", "save_steps", "save_total_limit", "save_only_model", "seed",
-    "attn_implementation", "flash_attention", "sdp_attention", "gradient_checkpointing",
-    "micro_batch_size", "gradient_accumulation_steps", "batch_size", "base_model", "strict",
-    "resume_from_checkpoint", "auto_resume_from_checkpoints", "val_set_size", "eval_steps",
-    "evals_per_epoch", "saves_per_epoch", "dataloader_num_workers", "special_tokens",
+    "output_dir",
+    "dataset_prepared_path",
+    "datasets",
+    "deepspeed",
+    "fsdp",
+    "fsdp_config",
+    "plugins",
+    "logging_steps",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "save_only_model",
+    "seed",
+    "attn_implementation",
+    "flash_attention",
+    "sdp_attention",
+    "gradient_checkpointing",
+    "micro_batch_size",
+    "gradient_accumulation_steps",
+    "batch_size",
+    "base_model",
+    "strict",
+    "resume_from_checkpoint",
+    "auto_resume_from_checkpoints",
+    "val_set_size",
+    "eval_steps",
+    "evals_per_epoch",
+    "saves_per_epoch",
+    "dataloader_num_workers",
+    "special_tokens",
 }
 NOT_HYPERPARAMETER_PREFIXES = ("wandb_", "mlflow_", "comet_", "hub_", "tokenizer_", "dataset_", "eval_")
 # filled in by _effective: a departure even when neither recipe writes the key
@@ -102,28 +126,46 @@ def explain(recipe: str | Path) -> dict:
     report = {
         "recipe": str(recipe),
         "valid": True,
-        "base_model": {"name": base, "local": local,
-                       "note": "a local folder" if local else
-                       "not a local folder: Axolotl downloads it from the Hugging Face Hub when training "
-                       "starts (explain does not fetch it)"},
+        "base_model": {
+            "name": base,
+            "local": local,
+            "note": "a local folder"
+            if local
+            else "not a local folder: Axolotl downloads it from the Hugging Face Hub when training "
+            "starts (explain does not fetch it)",
+        },
         "adapter": cfg.adapter,
         "variants": _variants(cfg, method),
         "method": asdict(method) if method else None,
-        "lora": None if not cfg.adapter else {
-            "r": r, "lora_alpha": alpha, "scaling_rule": "alpha/sqrt(r)" if rslora else "alpha/r",
+        "lora": None
+        if not cfg.adapter
+        else {
+            "r": r,
+            "lora_alpha": alpha,
+            "scaling_rule": "alpha/sqrt(r)" if rslora else "alpha/r",
             "scaling": scaling(alpha, r, rslora) if r and alpha else None,
             "lora_dropout": cfg.lora_dropout or 0.0,
             "targets": "all linear layers" if cfg.lora_target_linear else list(cfg.lora_target_modules or []),
         },
-        "saved": None if facts is None else {
-            "rank": facts.saved_rank, "converted": bool(method and method.converted),
-            "vllm_max_lora_rank": facts.max_lora_rank, "vllm_refusals": facts.refusals},
-        "batch": {"micro_batch_size": cfg.micro_batch_size, "gradient_accumulation_steps":
-                  cfg.gradient_accumulation_steps, "per_gpu_step": per_step,
-                  "note": f"{cfg.micro_batch_size} × {cfg.gradient_accumulation_steps} = {per_step} sequences per "
-                          f"optimizer step on each GPU; the effective batch is {per_step} × the number of "
-                          f"GPUs (WORLD_SIZE): {', '.join(f'{per_step * n} on {n}' for n in (1, 4, 8))}"},
-        "epochs": cfg.num_epochs, "max_steps": cfg.max_steps, "learning_rate": cfg.learning_rate,
+        "saved": None
+        if facts is None
+        else {
+            "rank": facts.saved_rank,
+            "converted": bool(method and method.converted),
+            "vllm_max_lora_rank": facts.max_lora_rank,
+            "vllm_refusals": facts.refusals,
+        },
+        "batch": {
+            "micro_batch_size": cfg.micro_batch_size,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+            "per_gpu_step": per_step,
+            "note": f"{cfg.micro_batch_size} × {cfg.gradient_accumulation_steps} = {per_step} sequences per "
+            f"optimizer step on each GPU; the effective batch is {per_step} × the number of "
+            f"GPUs (WORLD_SIZE): {', '.join(f'{per_step * n} on {n}' for n in (1, 4, 8))}",
+        },
+        "epochs": cfg.num_epochs,
+        "max_steps": cfg.max_steps,
+        "learning_rate": cfg.learning_rate,
         "paper_cell": paper_cell(raw, cfg),
         "warnings": _warnings(cfg, method),
     }
@@ -152,10 +194,14 @@ def _saved_config(cfg, method: Method | None) -> dict | None:
     if not cfg.adapter or not cfg.lora_r:
         return None
     init = cfg.peft_init_lora_weights
-    config = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha or cfg.lora_r, "use_dora": bool(cfg.peft_use_dora),
-              "use_rslora": bool(cfg.peft_use_rslora),
-              # the plugin builds MiLoRA from a standard LoRA config; PEFT keeps PiSSA's string
-              "init_lora_weights": True if init in (None, "milora") else init}
+    config = {
+        "r": cfg.lora_r,
+        "lora_alpha": cfg.lora_alpha or cfg.lora_r,
+        "use_dora": bool(cfg.peft_use_dora),
+        "use_rslora": bool(cfg.peft_use_rslora),
+        # the plugin builds MiLoRA from a standard LoRA config; PEFT keeps PiSSA's string
+        "init_lora_weights": True if init in (None, "milora") else init,
+    }
     return doubled_rank_config(config) if method and method.converted else config
 
 
@@ -166,22 +212,34 @@ def _warnings(cfg, method: Method | None) -> list[str]:
             f"PiSSA with lora_dropout {cfg.lora_dropout}: the input dropout also hits the principal components "
             f"moved into the adapter. Measured in this project (reports/study-cpu, SmolLM2-135M-Instruct, one "
             f"batch of 8 at step 0): train-mode loss 1.92–3.35 over three forward passes with lora_dropout "
-            f"0.05, against 1.78 with 0. PiSSA's own paper trains with lora_dropout 0.")
+            f"0.05, against 1.78 with 0. PiSSA's own paper trains with lora_dropout 0."
+        )
     if method and method.rank_dropout is not None and method.mask_mode == "sequence" and cfg.sample_packing:
         warnings.append(SEQUENCE_MASK_WITH_PACKING)
     if method and method.init and not method.converted:
-        warnings.append(f"svd_init_save_base: residual: every adapter is saved as trained, valid ONLY on the "
-                        f"residual base W_p, not on {cfg.base_model}")
+        warnings.append(
+            f"svd_init_save_base: residual: every adapter is saved as trained, valid ONLY on the "
+            f"residual base W_p, not on {cfg.base_model}"
+        )
     return warnings
 
 
 def paper_cell(raw: dict, cfg) -> dict | None:
     """The nearest paper cell and every hyperparameter of the recipe that departs from it."""
-    cells = {(task, model, method): table.recipe(task, model, method)
-             for task in table.TASKS for model in table.MODELS for method in table.METHODS}
+    cells = {
+        (task, model, method): table.recipe(task, model, method)
+        for task in table.TASKS
+        for model in table.MODELS
+        for method in table.METHODS
+    }
     # pick the cell on the raw keys (cheap), then compare the validated configs (defaults filled)
-    nearest = min(cells, key=lambda cell: (len(_departures(raw, cells[cell], raw, cells[cell])),
-                                           raw.get("base_model") != cells[cell]["base_model"]))
+    nearest = min(
+        cells,
+        key=lambda cell: (
+            len(_departures(raw, cells[cell], raw, cells[cell])),
+            raw.get("base_model") != cells[cell]["base_model"],
+        ),
+    )
     cell = cells[nearest]
     departures = _departures(raw, cell, cfg, validate(cell))
     if raw.get("base_model") != cell["base_model"]:
@@ -189,15 +247,25 @@ def paper_cell(raw: dict, cfg) -> dict | None:
     per_step = (cfg.micro_batch_size or 1) * (cfg.gradient_accumulation_steps or 1)
     paper_batch = table.GPUS * table.MICRO_BATCH * table.BATCH_ARITHMETIC[table.GPUS][1]
     if paper_batch % per_step:  # any GPU count that reaches the paper's global batch matches it
-        departures.append({"key": "global batch", "recipe": f"{per_step} per GPU step (micro_batch_size × "
-                           f"gradient_accumulation_steps): no GPU count gives {paper_batch}", "paper": paper_batch})
+        departures.append(
+            {
+                "key": "global batch",
+                "recipe": f"{per_step} per GPU step (micro_batch_size × "
+                f"gradient_accumulation_steps): no GPU count gives {paper_batch}",
+                "paper": paper_batch,
+            }
+        )
     task, model, method = nearest
     return {
         "paper_global_batch": paper_batch,
         "gpus_for_paper_batch": None if paper_batch % per_step else paper_batch // per_step,
-        "name": f"{task}-{model}-{method}", "task": task, "model": table.MODELS[model], "method": method,
+        "name": f"{task}-{model}-{method}",
+        "task": task,
+        "model": table.MODELS[model],
+        "method": method,
         "paper_result": table.PAPER.get((task, model), {}).get(method, "see the paper"),
-        "metric": table.TASKS[task]["metric"], "close": len(departures) <= NEAR_ENOUGH,
+        "metric": table.TASKS[task]["metric"],
+        "close": len(departures) <= NEAR_ENOUGH,
         "departures": departures,
     }
 
@@ -211,8 +279,11 @@ def _effective(cfg) -> dict:
     method = Method.from_recipe(cfg)
     filled = dict(cfg)
     if method and method.rank_dropout is not None:
-        filled.update(droplora_rank_dropout=method.rank_dropout, droplora_mask_mode=method.mask_mode,
-                      droplora_rescale=method.rescale)
+        filled.update(
+            droplora_rank_dropout=method.rank_dropout,
+            droplora_mask_mode=method.mask_mode,
+            droplora_rescale=method.rescale,
+        )
     if method and method.init:
         filled["svd_init_save_base"] = method.save_base
     return filled
@@ -253,48 +324,70 @@ def render(report: dict) -> str:
     adapter = report["adapter"] or "none (full fine-tune)"
     lines.append(f"adapter: {adapter}" + (f", variant: {' + '.join(report['variants'])}" if report["variants"] else ""))
     if method and method["rank_dropout"] is not None:
-        default = {key: " (default)" if key in method["defaulted"] else "" for key in
-                   ("droplora_rank_dropout", "droplora_mask_mode", "droplora_rescale")}
-        lines.append(f"rank dropout: p = {method['rank_dropout']}{default['droplora_rank_dropout']}, mask "
-                     f"{method['mask_mode']}{default['droplora_mask_mode']}, rescale "
-                     f"{str(method['rescale']).lower()}{default['droplora_rescale']}")
+        default = {
+            key: " (default)" if key in method["defaulted"] else ""
+            for key in ("droplora_rank_dropout", "droplora_mask_mode", "droplora_rescale")
+        }
+        lines.append(
+            f"rank dropout: p = {method['rank_dropout']}{default['droplora_rank_dropout']}, mask "
+            f"{method['mask_mode']}{default['droplora_mask_mode']}, rescale "
+            f"{str(method['rescale']).lower()}{default['droplora_rescale']}"
+        )
     if method and method["init"]:
         name = Method(init=method["init"]).init_name
         default = " (default)" if "svd_init_save_base" in method["defaulted"] else ""
         if report["saved"]["converted"]:
-            lines.append(f"{name} init ({method['init']}): saves converted for the original base "
-                         f"(svd_init_save_base: original{default}): rank {report['saved']['rank']} = "
-                         f"2 × {lora['r']}")
+            lines.append(
+                f"{name} init ({method['init']}): saves converted for the original base "
+                f"(svd_init_save_base: original{default}): rank {report['saved']['rank']} = "
+                f"2 × {lora['r']}"
+            )
         else:
-            lines.append(f"{name} init ({method['init']}): saved as trained (svd_init_save_base: residual), "
-                         f"valid only on the residual base W_p")
+            lines.append(
+                f"{name} init ({method['init']}): saved as trained (svd_init_save_base: residual), "
+                f"valid only on the residual base W_p"
+            )
     if lora:
         targets = lora["targets"] if isinstance(lora["targets"], str) else ", ".join(lora["targets"])
-        lines.append(f"LoRA: r = {lora['r']}, lora_alpha = {lora['lora_alpha']}, scaling {lora['scaling_rule']} = "
-                     f"{lora['scaling']:g}, lora_dropout = {lora['lora_dropout']}, targets: {targets}")
+        lines.append(
+            f"LoRA: r = {lora['r']}, lora_alpha = {lora['lora_alpha']}, scaling {lora['scaling_rule']} = "
+            f"{lora['scaling']:g}, lora_dropout = {lora['lora_dropout']}, targets: {targets}"
+        )
     lines.append(f"batch: {report['batch']['note']}")
-    length = f"max_steps {report['max_steps']} (overrides num_epochs)" if report["max_steps"] else \
-        f"{report['epochs']} epoch(s)"
+    length = (
+        f"max_steps {report['max_steps']} (overrides num_epochs)"
+        if report["max_steps"]
+        else f"{report['epochs']} epoch(s)"
+    )
     lines.append(f"training: {length}, learning rate {report['learning_rate']}")
     if report["saved"]:
         facts = report["saved"]
-        lines += [f"serving: {line}" for line in vllm_lines(ServingFacts(
-            facts["rank"], facts["vllm_max_lora_rank"], facts["vllm_refusals"]))]
+        lines += [
+            f"serving: {line}"
+            for line in vllm_lines(ServingFacts(facts["rank"], facts["vllm_max_lora_rank"], facts["vllm_refusals"]))
+        ]
     cell = report["paper_cell"]
     if cell and not cell["close"]:
-        lines.append(f"paper cell: none close (the nearest, {cell['name']}, differs in "
-                     f"{len(cell['departures'])} hyperparameters)")
+        lines.append(
+            f"paper cell: none close (the nearest, {cell['name']}, differs in "
+            f"{len(cell['departures'])} hyperparameters)"
+        )
     elif cell:
-        lines.append(f"paper cell: {cell['name']} ({cell['method']} on {cell['model']}, {cell['task']}; paper: "
-                     f"{cell['paper_result']} {cell['metric']})")
+        lines.append(
+            f"paper cell: {cell['name']} ({cell['method']} on {cell['model']}, {cell['task']}; paper: "
+            f"{cell['paper_result']} {cell['metric']})"
+        )
         if cell["gpus_for_paper_batch"]:
-            lines.append(f"  the paper's global batch {cell['paper_global_batch']} is reached on "
-                         f"{cell['gpus_for_paper_batch']} GPU(s) with this recipe's micro-batch and accumulation")
+            lines.append(
+                f"  the paper's global batch {cell['paper_global_batch']} is reached on "
+                f"{cell['gpus_for_paper_batch']} GPU(s) with this recipe's micro-batch and accumulation"
+            )
         if not cell["departures"]:
             lines.append("  no hyperparameter departs from the paper's")
         for departure in cell["departures"]:
-            lines.append(f"  departs: {departure['key']} = {_shown(departure['recipe'])} "
-                         f"(paper: {_shown(departure['paper'])})")
+            lines.append(
+                f"  departs: {departure['key']} = {_shown(departure['recipe'])} (paper: {_shown(departure['paper'])})"
+            )
     lines += [f"warning: {warning}" for warning in report["warnings"]]
     return "\n".join(lines)
 

@@ -21,10 +21,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..eval.evaluate import Generator, evaluate
 from ..demo.task import make_demo
+from ..eval.evaluate import Generator, evaluate, refuse_other_run
 from ..recipes.paper import TARGET_MODULES
-from ..eval.evaluate import refuse_other_run
 from .arms import (
     ARMS,
     CONFIGS,
@@ -49,16 +48,19 @@ def load(base_model, task_dir: Path, cfg: StudyConfig):
     if torch.cuda.is_available():
         base = base.to("cuda")
     records = [json.loads(line) for line in (task_dir / "data" / "train.jsonl").read_text().splitlines()]
-    train_data = Dataset.from_list([{"prompt": PROMPT.format(instruction=r["instruction"]),
-                                     "completion": " " + r["output"]} for r in records])
+    train_data = Dataset.from_list(
+        [{"prompt": PROMPT.format(instruction=r["instruction"]), "completion": " " + r["output"]} for r in records]
+    )
     heldout = json.loads((task_dir / "heldout" / "gsm8k" / "test.json").read_text())
     return base, tokenizer, train_data, heldout
 
 
 def heldout_pairs(heldout: list[dict], n: int) -> tuple[list[str], list[str]]:
     """(prompts, answers) of the first n held-out questions, as training presents them."""
-    return ([PROMPT.format(instruction=r["instruction"]) for r in heldout[:n]],
-            [" " + r["output"] for r in heldout[:n]])
+    return (
+        [PROMPT.format(instruction=r["instruction"]) for r in heldout[:n]],
+        [" " + r["output"] for r in heldout[:n]],
+    )
 
 
 def loss_before_training(base, tokenizer, heldout, cfg: StudyConfig) -> float:
@@ -66,8 +68,9 @@ def loss_before_training(base, tokenizer, heldout, cfg: StudyConfig) -> float:
     shared by every run that starts from the base model's function (see starts_at_base)."""
     from ..eval.answer_loss import answer_nll
 
-    return statistics.fmean(answer_nll(base, tokenizer, *heldout_pairs(heldout, cfg.n_curve or cfg.n_loss),
-                                       cfg.eval_batch_size))
+    return statistics.fmean(
+        answer_nll(base, tokenizer, *heldout_pairs(heldout, cfg.n_curve or cfg.n_loss), cfg.eval_batch_size)
+    )
 
 
 def starts_at_base(arm: str) -> bool:
@@ -77,8 +80,17 @@ def starts_at_base(arm: str) -> bool:
     return not is_svd_init(arm) and not ARMS[arm].get("use_dora")
 
 
-def train_and_score(base, tokenizer, train_data, heldout, arm: str, seed: int, cfg: StudyConfig,
-                     out_dir: Path, base_loss: float | None = None) -> dict:
+def train_and_score(
+    base,
+    tokenizer,
+    train_data,
+    heldout,
+    arm: str,
+    seed: int,
+    cfg: StudyConfig,
+    out_dir: Path,
+    base_loss: float | None = None,
+) -> dict:
     """base_loss: loss_before_training's value, reused as epoch 0 of the curve where the arm starts at base."""
     from peft import LoraConfig
     from transformers import PrinterCallback, set_seed
@@ -101,9 +113,10 @@ def train_and_score(base, tokenizer, train_data, heldout, arm: str, seed: int, c
     curve = None
     if cfg.epochs:
         prompts, answers = heldout_pairs(heldout, cfg.n_curve or cfg.n_loss)
-        curve = HeldoutLossPerEpoch(lambda model: statistics.fmean(
-            answer_nll(model, tokenizer, prompts, answers, cfg.eval_batch_size)),
-            before=base_loss if starts_at_base(arm) else None)
+        curve = HeldoutLossPerEpoch(
+            lambda model: statistics.fmean(answer_nll(model, tokenizer, prompts, answers, cfg.eval_batch_size)),
+            before=base_loss if starts_at_base(arm) else None,
+        )
         callbacks.append(curve)
     model = copy.deepcopy(base)
     extra = {}
@@ -113,16 +126,31 @@ def train_and_score(base, tokenizer, train_data, heldout, arm: str, seed: int, c
     trainer = SFTTrainer(
         model,
         args=SFTConfig(
-            output_dir=str(run_dir / "trainer"), seed=seed, **length,
-            per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=max(1, cfg.total_steps // 10), logging_steps=1,
-            save_strategy="no", report_to=[], bf16=cfg.bf16, disable_tqdm=True, **extra,
+            output_dir=str(run_dir / "trainer"),
+            seed=seed,
+            **length,
+            per_device_train_batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type=cfg.lr_scheduler,
+            warmup_steps=max(1, cfg.total_steps // 10),
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            bf16=cfg.bf16,
+            disable_tqdm=True,
+            **extra,
         ),
         train_dataset=train_data,
         processing_class=tokenizer,
-        peft_config=None if galore else LoraConfig(
-            r=r, lora_alpha=r if is_svd_init(arm) else 2 * r, lora_dropout=lora_dropout,
-            target_modules=TARGET_MODULES, **lora_kwargs),
+        peft_config=None
+        if galore
+        else LoraConfig(
+            r=r,
+            lora_alpha=r if is_svd_init(arm) else 2 * r,
+            lora_dropout=lora_dropout,
+            target_modules=TARGET_MODULES,
+            **lora_kwargs,
+        ),
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # the losses go to the report, not the terminal
@@ -136,11 +164,24 @@ def train_and_score(base, tokenizer, train_data, heldout, arm: str, seed: int, c
     optimizer = f"{optimizer.__module__}.{optimizer.__name__}"
 
     start = time.perf_counter()
-    scored = evaluate(Generator.from_model(trainer.model, tokenizer, cfg.max_new_tokens), out_dir / "task" / "heldout",
-                      ["gsm8k"], run_dir / "eval", batch_size=cfg.eval_batch_size, math_prompt=PROMPT,
-                      limit=cfg.n_accuracy or None)
-    result = {"arm": arm, "seed": seed, "accuracy": scored["sets"]["gsm8k"]["accuracy"], "losses": losses,
-              "train_s": train_s, "eval_s": time.perf_counter() - start, "machine": machine()}
+    scored = evaluate(
+        Generator.from_model(trainer.model, tokenizer, cfg.max_new_tokens),
+        out_dir / "task" / "heldout",
+        ["gsm8k"],
+        run_dir / "eval",
+        batch_size=cfg.eval_batch_size,
+        math_prompt=PROMPT,
+        limit=cfg.n_accuracy or None,
+    )
+    result = {
+        "arm": arm,
+        "seed": seed,
+        "accuracy": scored["sets"]["gsm8k"]["accuracy"],
+        "losses": losses,
+        "train_s": train_s,
+        "eval_s": time.perf_counter() - start,
+        "machine": machine(),
+    }
     # per question; the first n_curve / n_prune are also the curve's last epoch and the unchanged adapter's loss
     final_losses = []
     if cfg.n_loss:
@@ -150,12 +191,13 @@ def train_and_score(base, tokenizer, train_data, heldout, arm: str, seed: int, c
         result["heldout_loss"] = statistics.fmean(final_losses)
         result["loss_s"] = time.perf_counter() - start
     if curve is not None:
-        curve.values.append(statistics.fmean(final_losses[:cfg.n_curve or cfg.n_loss]))
+        curve.values.append(statistics.fmean(final_losses[: cfg.n_curve or cfg.n_loss]))
         result["loss_curve"], result["curve_s"] = curve.values, curve.seconds
     if arm in cfg.mechanism_arms:
-        unchanged = statistics.fmean(final_losses[:cfg.n_prune]) if cfg.n_prune <= len(final_losses) else None
-        result["mechanism"] = _mechanism(trainer.model, tokenizer, heldout, cfg, seed, adapter_dir(out_dir, arm, seed),
-                                         unchanged)
+        unchanged = statistics.fmean(final_losses[: cfg.n_prune]) if cfg.n_prune <= len(final_losses) else None
+        result["mechanism"] = _mechanism(
+            trainer.model, tokenizer, heldout, cfg, seed, adapter_dir(out_dir, arm, seed), unchanged
+        )
     del trainer, model
     gc.collect()
     done = result_file(out_dir, arm, seed)
@@ -187,20 +229,32 @@ class HeldoutLossPerEpoch(TrainerCallback):
             self._record(model)
 
 
-def _mechanism(model, tokenizer, heldout, cfg: StudyConfig, seed: int, adapter_dir: Path,
-               unchanged: float | None = None) -> dict:
+def _mechanism(
+    model, tokenizer, heldout, cfg: StudyConfig, seed: int, adapter_dir: Path, unchanged: float | None = None
+) -> dict:
     """Spectra of ΔW and the channel-removal curve of a just-trained adapter; the adapter is kept
     (adapter_dir) for the similarity across seeds. unchanged: its loss on the n_prune questions, if known."""
     from ..analysis.mechanism import model_factors, pruning_curve, spectra, summarise_spectra
 
     start = time.perf_counter()
     layer_spectra = spectra(model_factors(model))
-    pruning = pruning_curve(model, tokenizer, *heldout_pairs(heldout, cfg.n_prune), cfg.prune_fractions,
-                            cfg.prune_draws, seed, cfg.eval_batch_size, full=unchanged)
+    pruning = pruning_curve(
+        model,
+        tokenizer,
+        *heldout_pairs(heldout, cfg.n_prune),
+        cfg.prune_fractions,
+        cfg.prune_draws,
+        seed,
+        cfg.eval_batch_size,
+        full=unchanged,
+    )
     model.save_pretrained(adapter_dir)
-    return {"spectra": summarise_spectra(layer_spectra),
-            "effective_rank": {name: round(s["effective_rank"], 4) for name, s in layer_spectra.items()},
-            "pruning": pruning, "seconds": time.perf_counter() - start}
+    return {
+        "spectra": summarise_spectra(layer_spectra),
+        "effective_rank": {name: round(s["effective_rank"], 4) for name, s in layer_spectra.items()},
+        "pruning": pruning,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def cross_seed(out_dir: Path, arm: str, cfg: StudyConfig) -> None:
@@ -219,8 +273,10 @@ def require_galore() -> None:
     try:
         import galore_torch  # noqa: F401
     except ModuleNotFoundError:
-        raise ValueError("the galore arm needs the galore-torch package, not installed: pip install galore-torch "
-                         "(or leave the arm out with --arms)") from None
+        raise ValueError(
+            "the galore arm needs the galore-torch package, not installed: pip install galore-torch "
+            "(or leave the arm out with --arms)"
+        ) from None
 
 
 def _galore_setup(model, galore: dict) -> dict:
@@ -228,8 +284,11 @@ def _galore_setup(model, galore: dict) -> dict:
     optimizer: the TrainingArguments it needs."""
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(any(f".{module}." in name for module in TARGET_MODULES))
-    return {"optim": "galore_adamw", "optim_target_modules": [rf".*\.{m}$" for m in TARGET_MODULES],
-            "optim_args": ",".join(f"{k}={v}" for k, v in galore.items())}
+    return {
+        "optim": "galore_adamw",
+        "optim_target_modules": [rf".*\.{m}$" for m in TARGET_MODULES],
+        "optim_args": ",".join(f"{k}={v}" for k, v in galore.items()),
+    }
 
 
 def machine() -> str:
@@ -239,15 +298,19 @@ def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         cpu = platform.processor() or platform.machine()
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
-def run_study(base_model: str | Path, out_dir: str | Path, config: str | StudyConfig = "cpu",
-              arms: list[str] | None = None) -> str:
+def run_study(
+    base_model: str | Path, out_dir: str | Path, config: str | StudyConfig = "cpu", arms: list[str] | None = None
+) -> str:
     """Train and score every (arm, seed) not done yet, then write report.md and the figures."""
     from tqdm.auto import tqdm
 
@@ -259,8 +322,10 @@ def run_study(base_model: str | Path, out_dir: str | Path, config: str | StudyCo
     if cfg.n_loss:  # each comparison needs its reference arm
         missing = sorted({reference_arm(arm) for arm in arms} - set(arms))
         if missing:
-            raise ValueError(f"arm(s) {', '.join(missing)} must be run too: the report compares "
-                             f"{', '.join(a for a in arms if reference_arm(a) in missing)} with them")
+            raise ValueError(
+                f"arm(s) {', '.join(missing)} must be run too: the report compares "
+                f"{', '.join(a for a in arms if reference_arm(a) in missing)} with them"
+            )
     if any("galore" in ARMS[arm] for arm in arms):
         require_galore()
     out_dir = Path(out_dir)
@@ -274,13 +339,18 @@ def run_study(base_model: str | Path, out_dir: str | Path, config: str | StudyCo
     todo = [(arm, seed) for arm in arms for seed in cfg.seeds if not result_file(out_dir, arm, seed).is_file()]
     if todo:
         base, tokenizer, train_data, heldout = load(base_model, out_dir / "task", cfg)
-        base_loss = (loss_before_training(base, tokenizer, heldout, cfg)
-                     if cfg.epochs and any(starts_at_base(arm) for arm, _ in todo) else None)
+        base_loss = (
+            loss_before_training(base, tokenizer, heldout, cfg)
+            if cfg.epochs and any(starts_at_base(arm) for arm, _ in todo)
+            else None
+        )
         for arm, seed in tqdm(todo, desc="study runs", unit="run"):
             result = train_and_score(base, tokenizer, train_data, heldout, arm, seed, cfg, out_dir, base_loss)
             loss = f", held-out answer loss {result['heldout_loss']:.4f}" if "heldout_loss" in result else ""
-            tqdm.write(f"{arm} seed {seed}: held-out accuracy {result['accuracy']:.1f}%{loss} "
-                       f"(train {result['train_s']:.0f} s)")
+            tqdm.write(
+                f"{arm} seed {seed}: held-out accuracy {result['accuracy']:.1f}%{loss} "
+                f"(train {result['train_s']:.0f} s)"
+            )
     for arm in cfg.mechanism_arms:
         if arm in arms:
             cross_seed(out_dir, arm, cfg)

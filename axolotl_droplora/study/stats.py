@@ -43,8 +43,9 @@ def t_quantile(q: float, dof: int) -> float:
     return float(stats.t.ppf(q, dof))
 
 
-def paired_difference(reference: list[float], other: list[float], confidence: float = CONFIDENCE,
-                      power: float = POWER) -> PairedDifference:
+def paired_difference(
+    reference: list[float], other: list[float], confidence: float = CONFIDENCE, power: float = POWER
+) -> PairedDifference:
     """Per-seed differences other − reference, with the t-interval and the MDD (see the module doc)."""
     differences = [b - a for a, b in zip(reference, other, strict=True)]
     n = len(differences)
@@ -54,19 +55,20 @@ def paired_difference(reference: list[float], other: list[float], confidence: fl
     if n < 2:
         return PairedDifference(n, mean, None, None, None, None)
     sd = statistics.stdev(differences)
-    se = sd / n ** 0.5
+    se = sd / n**0.5
     t_interval = t_quantile(1 - (1 - confidence) / 2, n - 1)
     half = t_interval * se
     mdd = (t_interval + t_quantile(power, n - 1)) * se
     return PairedDifference(n, mean, sd, mean - half, mean + half, mdd)
 
 
-def seeds_needed(sd: float, difference: float, confidence: float = CONFIDENCE, power: float = POWER,
-                 most: int = 1000) -> int | None:
+def seeds_needed(
+    sd: float, difference: float, confidence: float = CONFIDENCE, power: float = POWER, most: int = 1000
+) -> int | None:
     """The fewest seeds whose MDD (module doc) reaches `difference` when the paired differences
     have standard deviation `sd`; None if more than `most` would be needed."""
     for n in range(2, most + 1):
-        if (t_quantile(1 - (1 - confidence) / 2, n - 1) + t_quantile(power, n - 1)) * sd / n ** 0.5 <= difference:
+        if (t_quantile(1 - (1 - confidence) / 2, n - 1) + t_quantile(power, n - 1)) * sd / n**0.5 <= difference:
             return n
     return None
 
@@ -80,8 +82,7 @@ def nested_subset_sd(subset_means: list[float], full_means: list[float], n_subse
     return (squares / (1 / n_subset - 1 / n_full)) ** 0.5
 
 
-def describe(label: str, reference: str, d: PairedDifference, unit: str, lower_is_better: bool,
-             digits: int = 3) -> str:
+def describe(label: str, reference: str, d: PairedDifference, unit: str, lower_is_better: bool, digits: int = 3) -> str:
     """One sentence: label − reference with its interval, which way it points, and the MDD."""
     fmt = f"{{:+.{digits}f}}"
     if d.n < 2:
@@ -91,8 +92,10 @@ def describe(label: str, reference: str, d: PairedDifference, unit: str, lower_i
         call = f"{'better' if better else 'worse'} than {reference} (the interval excludes 0)"
     else:
         call = f"no difference from {reference} shown (the interval includes 0)"
-    return (f"{label} − {reference}: {fmt.format(d.mean)} {unit}, 95% CI [{fmt.format(d.low)}, {fmt.format(d.high)}]: "
-            f"{call}; smallest difference these {d.n} seeds detect (80% power): {d.mdd:.{digits}f} {unit}")
+    return (
+        f"{label} − {reference}: {fmt.format(d.mean)} {unit}, 95% CI [{fmt.format(d.low)}, {fmt.format(d.high)}]: "
+        f"{call}; smallest difference these {d.n} seeds detect (80% power): {d.mdd:.{digits}f} {unit}"
+    )
 
 
 def difference_from(reference: list[float], other: list[float]) -> tuple[float, float]:

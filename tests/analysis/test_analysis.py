@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import torch
+from conftest import run_cli, tiny_base_model, tiny_lora_model
 from PIL import Image
 
 from axolotl_droplora.analysis.spectra import forgetting_loss, layer_analysis, subspace_similarity
-from conftest import run_cli, tiny_base_model, tiny_lora_model
 
 
 def basis(d, columns):
@@ -33,7 +33,10 @@ def test_subspace_similarity_on_constructed_subspaces(a, b, phi):
 
 def test_a_delta_in_ws_minor_directions_is_bottom_aligned_and_amplified():
     d, r = 8, 2
-    u, v = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))[0], torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))[0]
+    u, v = (
+        torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))[0],
+        torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))[0],
+    )
     sigma = torch.tensor([8.0, 7, 6, 5, 4, 3, 0.2, 0.1], dtype=torch.float64)
     w = u @ torch.diag(sigma) @ v.T
     delta = u[:, -r:] @ torch.diag(torch.tensor([2.0, 1.0], dtype=torch.float64)) @ v[:, -r:].T  # W's minor part
@@ -42,8 +45,8 @@ def test_a_delta_in_ws_minor_directions_is_bottom_aligned_and_amplified():
     assert 0 < a["phi_random"] < 1
     assert a["W_on_W"] == pytest.approx(float(torch.linalg.vector_norm(sigma[:r])))
     assert a["W_on_delta"] == pytest.approx(float(torch.linalg.vector_norm(sigma[-r:])))
-    assert a["delta_on_delta"] == pytest.approx(5 ** 0.5)
-    assert a["amplification"] == pytest.approx(5 ** 0.5 / float(torch.linalg.vector_norm(sigma[-r:])))
+    assert a["delta_on_delta"] == pytest.approx(5**0.5)
+    assert a["amplification"] == pytest.approx(5**0.5 / float(torch.linalg.vector_norm(sigma[-r:])))
 
 
 def test_forgetting_loss_is_the_base_entropy_for_an_unchanged_model_and_grows_with_change():
@@ -60,13 +63,31 @@ def test_analyze_command_writes_table_json_and_plot(tmp_path, demo_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(demo_dir / "model"),
-                           LoraConfig(r=4, init_lora_weights=False, target_modules=["q_proj", "down_proj"]))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(demo_dir / "model"),
+        LoraConfig(r=4, init_lora_weights=False, target_modules=["q_proj", "down_proj"]),
+    )
     model.save_pretrained(tmp_path / "adapter")
     (tmp_path / "text.txt").write_text("What is 12 plus 30? 12 + 30 = 42. The answer is 42.")
-    ran = run_cli([sys.executable, "-m", "axolotl_droplora", "analyze", str(demo_dir / "model"), str(tmp_path / "adapter"),
-                   "--layers", "1", "--modules", "q_proj,down_proj", "--text", str(tmp_path / "text.txt"),
-                   "--out", str(tmp_path / "report")], cwd=tmp_path)
+    ran = run_cli(
+        [
+            sys.executable,
+            "-m",
+            "axolotl_droplora",
+            "analyze",
+            str(demo_dir / "model"),
+            str(tmp_path / "adapter"),
+            "--layers",
+            "1",
+            "--modules",
+            "q_proj,down_proj",
+            "--text",
+            str(tmp_path / "text.txt"),
+            "--out",
+            str(tmp_path / "report"),
+        ],
+        cwd=tmp_path,
+    )
     assert ran.returncode == 0, ran.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "analysis.json").read_text())
     assert set(report["layers"]) == {"model.layers.1.self_attn.q_proj", "model.layers.1.mlp.down_proj"}
@@ -75,14 +96,26 @@ def test_analyze_command_writes_table_json_and_plot(tmp_path, demo_dir):
     with Image.open(tmp_path / "report" / "analysis.png") as image:
         image.load()
         assert image.format == "PNG" and image.size == (600, 400)
-    none = run_cli([sys.executable, "-m", "axolotl_droplora", "analyze", str(demo_dir / "model"), str(tmp_path / "adapter"),
-                    "--modules", "v_proj", "--out", str(tmp_path / "r2")], cwd=tmp_path)
+    none = run_cli(
+        [
+            sys.executable,
+            "-m",
+            "axolotl_droplora",
+            "analyze",
+            str(demo_dir / "model"),
+            str(tmp_path / "adapter"),
+            "--modules",
+            "v_proj",
+            "--out",
+            str(tmp_path / "r2"),
+        ],
+        cwd=tmp_path,
+    )
     assert none.returncode != 0 and "matches layers=None modules=['v_proj']" in none.stderr
 
 
 # ---- analysis/mechanism.py: spectra, effective rank, channel removal, similarity across seeds ----
 
-from axolotl_droplora.eval.answer_loss import answer_nll  # noqa: E402
 from axolotl_droplora.analysis.mechanism import (  # noqa: E402
     channels_removed,
     cross_seed_similarity,
@@ -91,6 +124,7 @@ from axolotl_droplora.analysis.mechanism import (  # noqa: E402
     model_factors,
     spectra,
 )
+from axolotl_droplora.eval.answer_loss import answer_nll  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -98,7 +132,7 @@ from axolotl_droplora.analysis.mechanism import (  # noqa: E402
     [
         ([1.0, 1.0, 1.0, 1.0], 4.0),  # a flat spectrum: all r directions count
         ([3.0, 0.0, 0.0], 1.0),  # rank one
-        ([2.0, 1.0, 1.0], 2 ** 1.5),  # p = ½, ¼, ¼: H = 1.5 ln 2
+        ([2.0, 1.0, 1.0], 2**1.5),  # p = ½, ¼, ¼: H = 1.5 ln 2
         ([0.0, 0.0], 0.0),  # ΔW = 0
     ],
 )
@@ -137,7 +171,11 @@ def test_answer_loss_is_the_mean_nll_of_the_answer_tokens_whatever_the_batch(dem
     answers = [" 2 + 3 = 5. The answer is: 5", " 12 * 4 = 48. The answer is: 48", " 7"]
     batched = answer_nll(model, tokenizer, prompts, answers, batch_size=3)
     assert batched == pytest.approx(answer_nll(model, tokenizer, prompts, answers, batch_size=1), rel=1e-5)
-    ids = tokenizer(prompts[2]).input_ids + tokenizer(answers[2], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    ids = (
+        tokenizer(prompts[2]).input_ids
+        + tokenizer(answers[2], add_special_tokens=False).input_ids
+        + [tokenizer.eos_token_id]
+    )
     n_prompt = len(tokenizer(prompts[2]).input_ids)
     with torch.no_grad():
         log_probs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
@@ -157,8 +195,10 @@ def _train_tiny_adapter(demo_dir, seed: int, steps: int = 8):
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(demo_dir / "model")
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(demo_dir / "model"),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(demo_dir / "model"),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]),
+    )
     records = [json.loads(line) for line in (demo_dir / "data" / "train.jsonl").read_text().splitlines()[:8]]
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for step in range(steps):
@@ -201,10 +241,28 @@ def test_mechanism_command_writes_spectra_removal_curve_similarity_and_plots(tmp
     for seed in (0, 1):
         model, _ = _train_tiny_adapter(demo_dir, seed=seed, steps=4)
         model.save_pretrained(tmp_path / "runs" / f"seed{seed}")
-    ran = run_cli([sys.executable, "-m", "axolotl_droplora", "mechanism", str(demo_dir / "model"),
-                   str(tmp_path / "runs" / "seed0"), str(tmp_path / "runs" / "seed1"),
-                   "--questions", str(demo_dir / "data" / "heldout.jsonl"), "--limit", "5", "--fractions", "0.25,0.5",
-                   "--draws", "2", "--out", str(tmp_path / "mech")], cwd=tmp_path)
+    ran = run_cli(
+        [
+            sys.executable,
+            "-m",
+            "axolotl_droplora",
+            "mechanism",
+            str(demo_dir / "model"),
+            str(tmp_path / "runs" / "seed0"),
+            str(tmp_path / "runs" / "seed1"),
+            "--questions",
+            str(demo_dir / "data" / "heldout.jsonl"),
+            "--limit",
+            "5",
+            "--fractions",
+            "0.25,0.5",
+            "--draws",
+            "2",
+            "--out",
+            str(tmp_path / "mech"),
+        ],
+        cwd=tmp_path,
+    )
     assert ran.returncode == 0, ran.stderr[-3000:]
     report = json.loads((tmp_path / "mech" / "mechanism.json").read_text())
     assert report["questions"] == 5 and len(report["adapters"]) == 2
@@ -219,7 +277,19 @@ def test_mechanism_command_writes_spectra_removal_curve_similarity_and_plots(tmp
             assert image.format == "PNG" and image.size[0] >= 600
 
     (tmp_path / "bad.jsonl").write_text(json.dumps({"instruction": "What is 1 plus 1?"}) + "\n")
-    bad = run_cli([sys.executable, "-m", "axolotl_droplora", "mechanism", str(demo_dir / "model"),
-                   str(tmp_path / "runs" / "seed0"), "--questions", str(tmp_path / "bad.jsonl"),
-                   "--out", str(tmp_path / "m2")], cwd=tmp_path)
+    bad = run_cli(
+        [
+            sys.executable,
+            "-m",
+            "axolotl_droplora",
+            "mechanism",
+            str(demo_dir / "model"),
+            str(tmp_path / "runs" / "seed0"),
+            "--questions",
+            str(tmp_path / "bad.jsonl"),
+            "--out",
+            str(tmp_path / "m2"),
+        ],
+        cwd=tmp_path,
+    )
     assert bad.returncode != 0 and "record 0: missing output" in bad.stderr

@@ -6,14 +6,21 @@ import json
 import sys
 
 import pytest
+from conftest import run_cli
 from PIL import Image
 
 from axolotl_droplora.eval.evaluate import Generator, compare, evaluate, pass_rate
-from conftest import run_cli
 
 COMMONSENSE = {
-    "boolq": [{"instruction": "Is 7 plus 8 equal to 15? Answer format: true/false", "input": "",
-               "output": "the correct answer is true", "answer": "true"}] * 3,
+    "boolq": [
+        {
+            "instruction": "Is 7 plus 8 equal to 15? Answer format: true/false",
+            "input": "",
+            "output": "the correct answer is true",
+            "answer": "true",
+        }
+    ]
+    * 3,
     "piqa": [{"instruction": "Pick: solution1 or solution2", "input": "", "output": "", "answer": "solution1"}] * 2,
 }
 MATH = {
@@ -31,9 +38,29 @@ def write_sets(root, sets):
 
 def test_eval_command_writes_scores_and_predictions_for_a_trained_adapter(tmp_path, demo_dir):
     data = write_sets(tmp_path / "data", COMMONSENSE)
-    ran = run_cli(["axolotl", "droplora", "eval", str(demo_dir / "model"), "--task", "commonsense",
-                   "--sets", "boolq,piqa", "--data", str(data), "--out", str(tmp_path / "run"),
-                   "--max-new-tokens", "8", "--batch-size", "2", "--scoring", "corrected"], cwd=tmp_path)
+    ran = run_cli(
+        [
+            "axolotl",
+            "droplora",
+            "eval",
+            str(demo_dir / "model"),
+            "--task",
+            "commonsense",
+            "--sets",
+            "boolq,piqa",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--max-new-tokens",
+            "8",
+            "--batch-size",
+            "2",
+            "--scoring",
+            "corrected",
+        ],
+        cwd=tmp_path,
+    )
     assert ran.returncode == 0, ran.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["scoring"] == "corrected" and "scoring: corrected" in ran.stdout
@@ -60,8 +87,13 @@ def test_an_interrupted_run_resumes_without_redoing_or_losing_anything(tmp_path,
     assert len(first) == 2 and not (tmp_path / "run" / "results.json").exists()
 
     resumed = []
-    results = evaluate(lambda prompts: resumed.extend(prompts) or model(prompts), data, ["gsm8k", "math"],
-                       tmp_path / "run", batch_size=2)
+    results = evaluate(
+        lambda prompts: resumed.extend(prompts) or model(prompts),
+        data,
+        ["gsm8k", "math"],
+        tmp_path / "run",
+        batch_size=2,
+    )
     assert len(resumed) == 1 and "1/2 of 1" in resumed[0]  # only the unfinished example
     by_key = {(e["set"], e["index"]): e["generation"] for e in results["examples"]}
     assert all(by_key[row["set"], row["index"]] == row["generation"] for row in first)
@@ -69,14 +101,23 @@ def test_an_interrupted_run_resumes_without_redoing_or_losing_anything(tmp_path,
 
 
 def test_code_sets_write_executor_jsonl_and_run_only_when_asked(tmp_path):
-    records = [{"task_id": "HumanEval/0", "prompt": "def add(a, b):\n    \"\"\"Add.\"\"\"\n",
-                "test": "def check(f):\n    assert f(2, 3) == 5\n", "entry_point": "add"}]
+    records = [
+        {
+            "task_id": "HumanEval/0",
+            "prompt": 'def add(a, b):\n    """Add."""\n',
+            "test": "def check(f):\n    assert f(2, 3) == 5\n",
+            "entry_point": "add",
+        }
+    ]
     write_sets(tmp_path / "data", {"humaneval": records})
     answer = lambda prompts: ["```python\ndef add(a, b):\n    return a + b\n```"] * len(prompts)  # noqa: E731
     results = evaluate(answer, tmp_path / "data", ["humaneval"], tmp_path / "run")
     assert results["sets"]["humaneval"] == {"n": 1, "samples": "humaneval_samples.jsonl"}
     sample = json.loads((tmp_path / "run" / "humaneval_samples.jsonl").read_text())
-    assert sample == {"task_id": "HumanEval/0", "completion": "def add(a, b):\n    return a + b"}  # stripped, as DropLoRA
+    assert sample == {
+        "task_id": "HumanEval/0",
+        "completion": "def add(a, b):\n    return a + b",
+    }  # stripped, as DropLoRA
     results = evaluate(answer, tmp_path / "data", ["humaneval"], tmp_path / "run2", execute=True)
     assert results["sets"]["humaneval"]["pass@1"] == 100.0
     hangs = [{"prediction": "def add(a, b):\n    while True:\n        pass\n"}]
@@ -88,13 +129,25 @@ def test_code_sets_write_executor_jsonl_and_run_only_when_asked(tmp_path):
 
 
 def test_compare_writes_a_paper_style_table_and_a_png(tmp_path):
-    for run, (a, b), mode in (("lora", (60.0, 70.0), "paper"), ("droplora", (62.0, 71.0), "corrected"), ("old", (1.0, 2.0), None)):
+    for run, (a, b), mode in (
+        ("lora", (60.0, 70.0), "paper"),
+        ("droplora", (62.0, 71.0), "corrected"),
+        ("old", (1.0, 2.0), None),
+    ):
         (tmp_path / run).mkdir()
-        (tmp_path / run / "results.json").write_text(json.dumps(
-            {"sets": {"boolq": {"accuracy": a, "n": 10}, "piqa": {"accuracy": b, "n": 10}},
-             **({"scoring": mode} if mode else {})}))
-    table = compare([tmp_path / "lora", tmp_path / "droplora", tmp_path / "old"], tmp_path / "report",
-                    paper={"DropLoRA": {"boolq": 74.37, "piqa": 87.38}})
+        (tmp_path / run / "results.json").write_text(
+            json.dumps(
+                {
+                    "sets": {"boolq": {"accuracy": a, "n": 10}, "piqa": {"accuracy": b, "n": 10}},
+                    **({"scoring": mode} if mode else {}),
+                }
+            )
+        )
+    table = compare(
+        [tmp_path / "lora", tmp_path / "droplora", tmp_path / "old"],
+        tmp_path / "report",
+        paper={"DropLoRA": {"boolq": 74.37, "piqa": 87.38}},
+    )
     assert table.splitlines()[0] == "| run | scoring | boolq | piqa | Avg. |"
     assert "| lora | paper | 60.00 | 70.00 | 65.00 |" in table
     assert "| droplora | corrected | 62.00 | 71.00 | 66.50 |" in table
@@ -110,26 +163,57 @@ def test_compare_writes_a_paper_style_table_and_a_png(tmp_path):
     "setup, args, message",
     [
         (lambda d: None, ["--sets", "boolq"], "no test file for 'boolq'"),
-        (lambda d: (d / "boolq").mkdir() or (d / "boolq" / "test.json").write_text("[{oops"), ["--sets", "boolq"],
-         "test.json is not valid JSON"),
-        (lambda d: write_sets(d, {"boolq": [{"instruction": "q"}]}), ["--sets", "boolq"],
-         "test.json, record 0: missing answer"),
+        (
+            lambda d: (d / "boolq").mkdir() or (d / "boolq" / "test.json").write_text("[{oops"),
+            ["--sets", "boolq"],
+            "test.json is not valid JSON",
+        ),
+        (
+            lambda d: write_sets(d, {"boolq": [{"instruction": "q"}]}),
+            ["--sets", "boolq"],
+            "test.json, record 0: missing answer",
+        ),
         (lambda d: None, ["--sets", "copa"], "unknown commonsense set(s) copa; known: boolq"),
     ],
 )
 def test_bad_inputs_fail_with_a_clear_message_before_loading_the_model(tmp_path, demo_dir, setup, args, message):
     (tmp_path / "data").mkdir()
     setup(tmp_path / "data")
-    ran = run_cli([sys.executable, "-m", "axolotl_droplora", "eval", str(demo_dir / "model"), "--task", "commonsense",
-                   "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), *args], cwd=tmp_path)
+    ran = run_cli(
+        [
+            sys.executable,
+            "-m",
+            "axolotl_droplora",
+            "eval",
+            str(demo_dir / "model"),
+            "--task",
+            "commonsense",
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "run"),
+            *args,
+        ],
+        cwd=tmp_path,
+    )
     assert ran.returncode != 0 and message in ran.stderr
     assert not (tmp_path / "run" / "results.json").exists()
 
 
 def test_compare_of_a_run_without_results_says_what_to_do(tmp_path):
     (tmp_path / "empty").mkdir()
-    ran = run_cli([sys.executable, "-m", "axolotl_droplora", "compare", str(tmp_path / "empty"), "--out",
-                   str(tmp_path / "report")], cwd=tmp_path)
+    ran = run_cli(
+        [
+            sys.executable,
+            "-m",
+            "axolotl_droplora",
+            "compare",
+            str(tmp_path / "empty"),
+            "--out",
+            str(tmp_path / "report"),
+        ],
+        cwd=tmp_path,
+    )
     assert ran.returncode != 0 and "results.json not found: run `axolotl droplora eval`" in ran.stderr
 
 
@@ -139,9 +223,25 @@ def test_vllm_without_vllm_installed_says_how_to_get_it(tmp_path, demo_dir):
     if importlib.util.find_spec("vllm"):
         pytest.skip("vllm is installed here; this test covers a machine without it, like CI")
     write_sets(tmp_path / "data", {"boolq": COMMONSENSE["boolq"]})
-    ran = run_cli([sys.executable, "-m", "axolotl_droplora", "eval", str(demo_dir / "model"), "--task", "commonsense",
-                   "--sets", "boolq", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--vllm"],
-                  cwd=tmp_path)
+    ran = run_cli(
+        [
+            sys.executable,
+            "-m",
+            "axolotl_droplora",
+            "eval",
+            str(demo_dir / "model"),
+            "--task",
+            "commonsense",
+            "--sets",
+            "boolq",
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "run"),
+            "--vllm",
+        ],
+        cwd=tmp_path,
+    )
     assert ran.returncode != 0 and "--vllm was asked for, but vllm is not installed: pip install vllm" in ran.stderr
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_base_model
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
@@ -17,14 +18,15 @@ from axolotl_droplora import (
     snapshot_initial_adapter,
 )
 from axolotl_droplora.method.conversion import doubled_rank_config
-from conftest import tiny_base_model
 
 TOKENS = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(9))
 
 
 def trained_milora_model(seed: int = 0, **lora_kwargs):
-    model = get_peft_model(tiny_base_model(seed), LoraConfig(
-        r=8, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], **lora_kwargs))
+    model = get_peft_model(
+        tiny_base_model(seed),
+        LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], **lora_kwargs),
+    )
     init_milora(model)
     initial = snapshot_initial_adapter(model)
     install_rank_dropout(model, p=0.3, mask_mode="batch")
@@ -53,7 +55,7 @@ def test_fold_keeps_the_function_and_restores_the_original_base(lora_kwargs, tmp
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["r"] == 16 and config["init_lora_weights"] is True
-    assert config["lora_alpha"] == pytest.approx(8 * 2 ** 0.5 if lora_kwargs.get("use_rslora") else 16)
+    assert config["lora_alpha"] == pytest.approx(8 * 2**0.5 if lora_kwargs.get("use_rslora") else 16)
     weights = load_file(tmp_path / "adapter_model.safetensors")
     assert all(w.shape[0] == 16 for k, w in weights.items() if ".lora_A." in k)
 
@@ -80,4 +82,4 @@ def test_doubled_rank_config_keeps_the_scaling():
     plain = doubled_rank_config({"r": 8, "lora_alpha": 8, "rank_pattern": {"q_proj": 4}, "alpha_pattern": {}})
     assert (plain["r"], plain["lora_alpha"], plain["rank_pattern"]) == (16, 16, {"q_proj": 8})
     rs = doubled_rank_config({"r": 8, "lora_alpha": 8, "use_rslora": True})
-    assert rs["lora_alpha"] / rs["r"] ** 0.5 == pytest.approx(8 / 8 ** 0.5)
+    assert rs["lora_alpha"] / rs["r"] ** 0.5 == pytest.approx(8 / 8**0.5)

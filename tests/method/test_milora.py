@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_base_model, tiny_lora_model
 
 from axolotl_droplora import init_milora
-from conftest import tiny_base_model, tiny_lora_model
 
 TOKENS = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(3))
 
@@ -39,7 +39,7 @@ def test_minor_components_with_unchanged_step_zero_output(lora_kwargs):
         torch.testing.assert_close(torch.linalg.svdvals(s * b @ a)[:r], sigma[-r:], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(torch.linalg.svdvals(w_p)[:-r], sigma[:-r], atol=1e-5, rtol=1e-4)
     if lora_kwargs.get("use_rslora"):
-        assert layer.scaling["default"] == pytest.approx(16 / 8 ** 0.5)
+        assert layer.scaling["default"] == pytest.approx(16 / 8**0.5)
 
 
 def test_bfloat16_weights_keep_the_function_they_compute():
@@ -62,7 +62,10 @@ def test_a_rank_above_the_weights_smaller_side_is_refused():
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(tiny_base_model(), LoraConfig(r=24, target_modules=["k_proj"]))  # k_proj: 16 x 32
-    with pytest.raises(ValueError, match=r"takes the r=24 smallest singular triplets, but .*k_proj is \(16, 32\) and has only 16: lower lora_r"):
+    with pytest.raises(
+        ValueError,
+        match=r"takes the r=24 smallest singular triplets, but .*k_proj is \(16, 32\) and has only 16: lower lora_r",
+    ):
         init_milora(model)
 
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_base_model, tiny_lora_model
 
 from axolotl_droplora import (
     MASK_MODES,
@@ -17,7 +18,6 @@ from axolotl_droplora import (
     installed_rank_dropout,
     remove_rank_dropout,
 )
-from conftest import tiny_base_model, tiny_lora_model
 
 TOKENS = torch.randint(0, 128, (4, 12), generator=torch.Generator().manual_seed(7))
 
@@ -115,12 +115,7 @@ def test_training_masks_drop_p_of_channels_with_the_right_scale_and_shape(mask_m
         if mask_mode == "batch":
             assert torch.equal(mask, mask[:1, :1, :].expand_as(mask))
     # one independent draw per channel of each distinct mask: (sequence: per row, batch: per forward)
-    draws = torch.cat(
-        [
-            {"element": m, "sequence": m[:, 0, :], "batch": m[0, 0, :]}[mask_mode].flatten()
-            for m in masks
-        ]
-    )
+    draws = torch.cat([{"element": m, "sequence": m[:, 0, :], "batch": m[0, 0, :]}[mask_mode].flatten() for m in masks])
     dropped = (draws.abs() < 1e-6).float().mean().item()
     tolerance = 5 * (p * (1 - p) / draws.numel()) ** 0.5
     assert abs(dropped - p) < tolerance, (dropped, draws.numel())
@@ -198,7 +193,10 @@ def test_install_keeps_parameter_names_and_can_be_reconfigured_and_removed():
         ({"p": 1.0}, "must be a number in [0, 1)"),
         ({"p": -0.1}, "must be a number in [0, 1)"),
         ({"p": "0.3"}, "must be a number in [0, 1)"),
-        ({"p": 0.3, "mask_mode": "token"}, "unknown rank dropout mask mode 'token'; choose one of element, sequence, batch"),
+        (
+            {"p": 0.3, "mask_mode": "token"},
+            "unknown rank dropout mask mode 'token'; choose one of element, sequence, batch",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_with_the_reason(kwargs, message):
@@ -235,10 +233,10 @@ def test_trained_adapter_loads_in_vanilla_peft_with_the_same_logits(tmp_path):
 import sys, json, torch
 from transformers import LlamaForCausalLM
 from peft import PeftModel
-base = LlamaForCausalLM.from_pretrained({str(tmp_path / 'base')!r})
-model = PeftModel.from_pretrained(base, {str(tmp_path / 'adapter')!r}).eval()
+base = LlamaForCausalLM.from_pretrained({str(tmp_path / "base")!r})
+model = PeftModel.from_pretrained(base, {str(tmp_path / "adapter")!r}).eval()
 tokens = torch.tensor({TOKENS.tolist()})
-torch.save(model(input_ids=tokens).logits, {str(tmp_path / 'logits.pt')!r})
+torch.save(model(input_ids=tokens).logits, {str(tmp_path / "logits.pt")!r})
 assert not any(m.startswith("axolotl_droplora") for m in sys.modules), "imported us"
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
@@ -265,8 +263,12 @@ def test_dora_masks_the_activation_path_and_normalises_by_the_unmasked_weight():
     expected = scale * (x @ w.T + s * (((x @ a.T) * mask) @ b.T))
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
     assert remove_rank_dropout(model) == 10
-    assert not any(hook for m in model.modules() for hook in m._forward_pre_hooks.values()
-                   if type(hook).__name__ == "_TrackDoraInput")
+    assert not any(
+        hook
+        for m in model.modules()
+        for hook in m._forward_pre_hooks.values()
+        if type(hook).__name__ == "_TrackDoraInput"
+    )
 
 
 def test_rank_dropout_acts_inside_bitsandbytes_4bit_lora_layers(tmp_path):
@@ -276,10 +278,16 @@ def test_rank_dropout_acts_inside_bitsandbytes_4bit_lora_layers(tmp_path):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     tiny_base_model(hidden_size=64).save_pretrained(tmp_path / "base")
-    quantized = AutoModelForCausalLM.from_pretrained(tmp_path / "base", quantization_config=BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32))
-    model = get_peft_model(quantized, LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
-                                                 target_modules=["q_proj", "v_proj", "down_proj"]))
+    quantized = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "base",
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        ),
+    )
+    model = get_peft_model(
+        quantized,
+        LoraConfig(r=8, lora_alpha=16, init_lora_weights=False, target_modules=["q_proj", "v_proj", "down_proj"]),
+    )
     layers = [m for m in model.modules() if type(m).__name__ == "Linear4bit" and hasattr(m, "lora_A")]
     assert len(layers) == 6
     assert len(install_rank_dropout(model, p=0.5, mask_mode="batch")) == 6

@@ -13,10 +13,10 @@ import sys
 
 import pytest
 import torch
+from conftest import run_cli, tiny_base_model
 from peft import LoraConfig, get_peft_model
 
 from axolotl_droplora import MASK_MODES, DropLoRACallback
-from conftest import run_cli, tiny_base_model
 
 TOKENS = torch.randint(0, 128, (4, 12), generator=torch.Generator().manual_seed(21))
 VARIANTS = {
@@ -63,8 +63,12 @@ def trained(tmp_path_factory):
             with torch.no_grad():
                 logits = model(input_ids=TOKENS).logits
             model.save_pretrained(root / f"{variant}-{mask_mode}")
-            results[variant, mask_mode] = {"model": model, "logits": logits, "step0": step0,
-                                           "dir": root / f"{variant}-{mask_mode}"}
+            results[variant, mask_mode] = {
+                "model": model,
+                "logits": logits,
+                "step0": step0,
+                "dir": root / f"{variant}-{mask_mode}",
+            }
     tiny_base_model(seed=3).save_pretrained(root / "base")
     return root, results
 
@@ -118,5 +122,6 @@ def test_p_zero_is_the_variant_without_rank_dropout(variant):
 def test_dora_eval_output_equals_its_merged_model(trained, mask_mode):
     model = trained[1]["dora", mask_mode]["model"]
     merged = copy.deepcopy(model).merge_and_unload().eval()
-    torch.testing.assert_close(merged(input_ids=TOKENS).logits, trained[1]["dora", mask_mode]["logits"],
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        merged(input_ids=TOKENS).logits, trained[1]["dora", mask_mode]["logits"], atol=1e-5, rtol=0
+    )

@@ -1,4 +1,5 @@
-"""`axolotl droplora explain RECIPE.yml`: offline validation and a plain-words report (axolotl_droplora/recipes/explain.py)."""
+"""`axolotl droplora explain RECIPE.yml`: offline validation and a plain-words report
+(axolotl_droplora/recipes/explain.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,8 +39,9 @@ def write(tmp_path: Path, stem: str, **changes) -> Path:
     config = yaml.safe_load((ROOT / "examples" / "yml" / f"{stem}.yml").read_text())
     config.update(changes)
     recipe = tmp_path / "recipe.yml"
-    recipe.write_text(yaml.safe_dump({key: value for key, value in config.items() if value is not None},
-                                     sort_keys=False))
+    recipe.write_text(
+        yaml.safe_dump({key: value for key, value in config.items() if value is not None}, sort_keys=False)
+    )
     return recipe
 
 
@@ -48,13 +49,23 @@ def test_a_modified_recipe_lists_every_departure_and_fills_in_the_defaults(in_tm
     from axolotl_droplora.recipes.explain import explain, render
 
     # on 1 GPU the paper's batch needs 8 accumulation steps: that is not a departure
-    recipe = write(in_tmp, "math-llama3_8b-droplora", droplora_rank_dropout=0.5, droplora_mask_mode=None,
-                   learning_rate=1e-4, weight_decay=0.1, gradient_accumulation_steps=8)
+    recipe = write(
+        in_tmp,
+        "math-llama3_8b-droplora",
+        droplora_rank_dropout=0.5,
+        droplora_mask_mode=None,
+        learning_rate=1e-4,
+        weight_decay=0.1,
+        gradient_accumulation_steps=8,
+    )
     report = explain(recipe)
     cell = report["paper_cell"]
     assert cell["name"] == "math-llama3_8b-droplora" and cell["gpus_for_paper_batch"] == 1
     assert [(d["key"], d["recipe"], d["paper"]) for d in cell["departures"]] == [
-        ("droplora_rank_dropout", 0.5, 0.3), ("learning_rate", 1e-4, 3e-4), ("weight_decay", 0.1, 0.0)]
+        ("droplora_rank_dropout", 0.5, 0.3),
+        ("learning_rate", 1e-4, 3e-4),
+        ("weight_decay", 0.1, 0.0),
+    ]
     said = render(report)
     assert "rank dropout: p = 0.5, mask element (default), rescale true (default)" in said
     assert "departs: droplora_rank_dropout = 0.5 (paper: 0.3)" in said
@@ -69,8 +80,10 @@ def test_milora_saves_are_explained_as_rank_2r_and_pissa_with_dropout_warns(in_t
     from axolotl_droplora.recipes.explain import explain, render
 
     milora = render(explain(ROOT / "examples" / "yml" / "math-llama2_7b-milora.yml"))
-    assert ("MiLoRA init (milora): saves converted for the original base (svd_init_save_base: original "
-            "(default)): rank 128 = 2 × 64") in milora
+    assert (
+        "MiLoRA init (milora): saves converted for the original base (svd_init_save_base: original "
+        "(default)): rank 128 = 2 × 64"
+    ) in milora
     assert "LoRA: r = 64, lora_alpha = 64, scaling alpha/r = 1, lora_dropout = 0.05" in milora
     assert "saved rank 128: vLLM needs --max-lora-rank 128 or more" in milora
     assert "warning:" not in milora
@@ -81,18 +94,25 @@ def test_milora_saves_are_explained_as_rank_2r_and_pissa_with_dropout_warns(in_t
     assert "warning: PiSSA" not in no_dropout and "departs: lora_dropout = 0.0 (paper: 0.05)" in no_dropout
 
     residual = explain(write(in_tmp, "code-llama3_8b-pissa", svd_init_save_base="residual"))
-    assert residual["saved"] == {"rank": 32, "converted": False, "vllm_max_lora_rank": 32, "vllm_refusals": [
-        "init_lora_weights 'pissa_niter_16': vLLM refuses an init it does not know (an adapter saved as trained "
-        "on a residual base): merge it into that base and serve the merged model, or train with "
-        "svd_init_save_base: original"]}
+    assert residual["saved"] == {
+        "rank": 32,
+        "converted": False,
+        "vllm_max_lora_rank": 32,
+        "vllm_refusals": [
+            "init_lora_weights 'pissa_niter_16': vLLM refuses an init it does not know (an adapter saved as trained "
+            "on a residual base): merge it into that base and serve the merged model, or train with "
+            "svd_init_save_base: original"
+        ],
+    }
     assert any("valid ONLY on the residual base W_p" in warning for warning in residual["warnings"])
 
 
 def test_sequence_masks_with_sample_packing_warn(in_tmp):
     from axolotl_droplora.recipes.explain import explain
 
-    report = explain(write(in_tmp, "commonsense-llama3_8b-droplora", droplora_mask_mode="sequence",
-                           sample_packing=True))
+    report = explain(
+        write(in_tmp, "commonsense-llama3_8b-droplora", droplora_mask_mode="sequence", sample_packing=True)
+    )
     assert "one mask per packed row, shared by every sequence packed into it" in " ".join(report["warnings"])
     assert {d["key"] for d in report["paper_cell"]["departures"]} == {"droplora_mask_mode", "sample_packing"}
 
@@ -116,9 +136,14 @@ def test_the_cli_explains_offline_and_names_the_bad_keys(tmp_path, monkeypatch):
     assert good.returncode == 0, good.stderr[-3000:]
     report = json.loads(good.stdout)
     assert report["paper_cell"]["name"] == "conversation-llama2_7b-droplora"
-    assert report["base_model"] == {"name": "meta-llama/Llama-2-7b-hf", "local": False, "note": (
-        "not a local folder: Axolotl downloads it from the Hugging Face Hub when training starts "
-        "(explain does not fetch it)")}
+    assert report["base_model"] == {
+        "name": "meta-llama/Llama-2-7b-hf",
+        "local": False,
+        "note": (
+            "not a local folder: Axolotl downloads it from the Hugging Face Hub when training starts "
+            "(explain does not fetch it)"
+        ),
+    }
     assert report["method"]["rank_dropout"] == 0.3 and report["method"]["defaulted"] == ["droplora_rescale"]
     assert not any(hub.rglob("*Llama*"))
 
@@ -140,8 +165,10 @@ def test_the_cli_explains_offline_and_names_the_bad_keys(tmp_path, monkeypatch):
     no_plugin.write_text(yaml.safe_dump({**config, "plugins": None, "adapter": "lora"}))
     refused = run_explain(no_plugin, tmp_path)
     assert refused.returncode != 0
-    assert "droplora_rank_dropout: unknown key: this is a DropLoRA key: add `plugins: " \
-           "[axolotl_droplora.DropLoRAPlugin]`" in refused.stderr
+    assert (
+        "droplora_rank_dropout: unknown key: this is a DropLoRA key: add `plugins: "
+        "[axolotl_droplora.DropLoRAPlugin]`" in refused.stderr
+    )
 
 
 def run_explain(recipe: Path, cwd: Path, *options: str):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,9 +45,15 @@ def test_every_recipe_passes_axolotls_config_validation_with_the_plugin(path, tm
     assert path.read_text().startswith(f"# {method} on {recipes.MODELS[model]}, {task} task")
 
 
-@pytest.mark.parametrize("name, stage, offload", [
-    ("zero2", 2, False), ("zero2_offload", 2, True), ("zero3", 3, False), ("zero3_offload", 3, True),
-])
+@pytest.mark.parametrize(
+    "name, stage, offload",
+    [
+        ("zero2", 2, False),
+        ("zero2_offload", 2, True),
+        ("zero3", 3, False),
+        ("zero3_offload", 3, True),
+    ],
+)
 def test_deepspeed_files_are_valid_deepspeed_configs(name, stage, offload):
     from types import SimpleNamespace
 
@@ -60,8 +65,13 @@ def test_deepspeed_files_are_valid_deepspeed_configs(name, stage, offload):
     try:
         # fill the "auto" values the way the Trainer does for a real run (ZeRO-3's bucket sizes
         # from the model's hidden size: Llama-3-8B's 4096)
-        args = TrainingArguments(output_dir="unused", per_device_train_batch_size=16, gradient_accumulation_steps=2,
-                                 use_cpu=True, report_to=[])
+        args = TrainingArguments(
+            output_dir="unused",
+            per_device_train_batch_size=16,
+            gradient_accumulation_steps=2,
+            use_cpu=True,
+            report_to=[],
+        )
         hf_config.trainer_config_process(args)
         hf_config.trainer_config_finalize(args, SimpleNamespace(config=SimpleNamespace(hidden_size=4096)), 100)
         assert "auto" not in json.dumps(hf_config.config)
@@ -104,8 +114,9 @@ def test_fsdp2_recipe_passes_axolotls_config_validation_and_is_the_paper_recipe_
 
     task, model, _ = path.stem.split("-", 2)
     paper = yaml.safe_load((ROOT / "examples" / "yml" / f"{task}-{model}-milora.yml").read_text())
-    assert {key: value for key, value in raw.items() if key not in FSDP2_CHANGES} == \
-        {key: value for key, value in paper.items() if key not in FSDP2_CHANGES}
+    assert {key: value for key, value in raw.items() if key not in FSDP2_CHANGES} == {
+        key: value for key, value in paper.items() if key not in FSDP2_CHANGES
+    }
 
     # the comment's reason for cpu_ram_efficient_loading: false is what the plugin enforces
     raw["fsdp_config"]["cpu_ram_efficient_loading"] = True
@@ -120,19 +131,34 @@ def test_there_is_an_fsdp2_recipe():
 # one recipe per data format, swapped onto the tiny model and a few local rows in that format
 FORMATS = {
     "commonsense-llama2_7b-droplora": (
-        {"instruction": "Please choose the correct answer. Question: is water wet? Answer format: true/false",
-         "input": "", "output": "the correct answer is true", "answer": "true"},
-        "{instruction}", "output"),
+        {
+            "instruction": "Please choose the correct answer. Question: is water wet? Answer format: true/false",
+            "input": "",
+            "output": "the correct answer is true",
+            "answer": "true",
+        },
+        "{instruction}",
+        "output",
+    ),
     "math-llama3_8b-milora": (
         {"query": "What is 12 plus 30?", "response": "12 + 30 = 42. The answer is: 42"},
-        "{query}", "response"),
+        "{query}",
+        "response",
+    ),
     "code-llama2_7b-dora": (
         {"query": "Write a function that adds two numbers.", "answer": "def add(a, b):\n    return a + b"},
-        "{query}", "answer"),
+        "{query}",
+        "answer",
+    ),
     "conversation-llama3_8b-pissa": (
-        {"instruction": recipes.ALPACA.format(instruction="Say hello.").rstrip("\n"), "input": "",
-         "output": "Hello! How can I help you today?"},
-        None, "output"),
+        {
+            "instruction": recipes.ALPACA.format(instruction="Say hello.").rstrip("\n"),
+            "input": "",
+            "output": "Hello! How can I help you today?",
+        },
+        None,
+        "output",
+    ),
 }
 
 
@@ -148,13 +174,23 @@ def test_each_data_format_trains_and_only_the_response_carries_labels(stem, tmp_
     dataset = dict(config["datasets"][0], path=str(data), ds_type="json")
     dataset.pop("split", None)
     config.update(
-        base_model=str(demo_dir / "model"), datasets=[dataset], deepspeed=None, bf16=False,
-        attn_implementation="eager", gradient_checkpointing=False, micro_batch_size=2,
-        gradient_accumulation_steps=1, max_steps=2, warmup_steps=0, sequence_len=256,
-        save_strategy="no", output_dir=str(tmp_path / "out"),
+        base_model=str(demo_dir / "model"),
+        datasets=[dataset],
+        deepspeed=None,
+        bf16=False,
+        attn_implementation="eager",
+        gradient_checkpointing=False,
+        micro_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_steps=2,
+        warmup_steps=0,
+        sequence_len=256,
+        save_strategy="no",
+        output_dir=str(tmp_path / "out"),
         dataset_prepared_path=str(tmp_path / "prepared"),
         peft_init_lora_weights=config.get("peft_init_lora_weights", "").replace("_niter_16", "") or None,
-        lora_r=16, lora_alpha=16 * recipes.METHODS[stem.split("-")[2]]["alpha_per_rank"],  # tiny widths
+        lora_r=16,
+        lora_alpha=16 * recipes.METHODS[stem.split("-")[2]]["alpha_per_rank"],  # tiny widths
     )
     config = {key: value for key, value in config.items() if value is not None}
     recipe = tmp_path / "recipe.yml"
@@ -166,10 +202,11 @@ def test_each_data_format_trains_and_only_the_response_carries_labels(stem, tmp_
     prepared = load_from_disk(str(next((tmp_path / "prepared").glob("*/dataset_info.json")).parent))
     tokenizer = AutoTokenizer.from_pretrained(demo_dir / "model")
     ids, labels = prepared[0]["input_ids"], prepared[0]["labels"]
-    prompt = tokenizer.decode([t for t, l in zip(ids, labels) if l == -100], skip_special_tokens=True)
-    answer = tokenizer.decode([t for t, l in zip(ids, labels) if l != -100], skip_special_tokens=True)
-    expected_prompt = (recipes.ALPACA.format(instruction=instruction.format(**row))
-                       if instruction else row["instruction"] + "\n")
+    prompt = tokenizer.decode([t for t, label in zip(ids, labels) if label == -100], skip_special_tokens=True)
+    answer = tokenizer.decode([t for t, label in zip(ids, labels) if label != -100], skip_special_tokens=True)
+    expected_prompt = (
+        recipes.ALPACA.format(instruction=instruction.format(**row)) if instruction else row["instruction"] + "\n"
+    )
     assert prompt.strip() == expected_prompt.strip()
     assert prompt.rstrip().endswith("### Response:")
     assert answer.strip() == row[output_field].strip()

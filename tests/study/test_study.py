@@ -10,9 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from PIL import Image
 
-from axolotl_droplora.study.arms import CONFIGS, OVER_ARMS, UNDER_ARMS, StudyConfig, config_from_settings, study_settings
+from axolotl_droplora.study.arms import (
+    CONFIGS,
+    OVER_ARMS,
+    UNDER_ARMS,
+    StudyConfig,
+    config_from_settings,
+    study_settings,
+)
 from axolotl_droplora.study.report import regenerate_report, write_report
 from axolotl_droplora.study.run import run_study
 from axolotl_droplora.study.stats import (
@@ -24,13 +32,12 @@ from axolotl_droplora.study.stats import (
     seeds_needed,
     verdict,
 )
-from conftest import run_cli
 
 
 def test_difference_is_paired_by_seed_with_the_standard_error_of_the_mean_difference():
     delta, se = difference_from([40.0, 42.0, 44.0], [41.0, 44.0, 47.0])  # differences 1, 2, 3
     assert delta == pytest.approx(2.0)
-    assert se == pytest.approx(1.0 / 3 ** 0.5)  # stdev of the differences is 1, n = 3
+    assert se == pytest.approx(1.0 / 3**0.5)  # stdev of the differences is 1, n = 3
     with pytest.raises(ValueError):
         difference_from([40.0, 42.0], [41.0, 44.0, 47.0])  # seeds must pair up
 
@@ -56,16 +63,25 @@ def test_one_seed_gives_no_noise_estimate_and_no_claim():
 
 
 def test_report_table_verdicts_and_plot_come_from_the_runs_results(tmp_path):
-    config = StudyConfig(steps=3, batch_size=2, r=4, learning_rate=1e-3, n_train=8, n_heldout=4,
-                         seeds=(0, 1, 2), bf16=False)
+    config = StudyConfig(
+        steps=3, batch_size=2, r=4, learning_rate=1e-3, n_train=8, n_heldout=4, seeds=(0, 1, 2), bf16=False
+    )
     accuracies = {"lora": [40, 42, 44], "droplora-p0.3": [42, 45, 48], "dora": [41, 42, 46]}
     for arm, values in accuracies.items():
         for seed, accuracy in zip(config.seeds, values):
             run = tmp_path / "runs" / arm / f"seed{seed}"
             run.mkdir(parents=True)
-            (run / "result.json").write_text(json.dumps(
-                {"accuracy": accuracy, "losses": [2.0, 1.0, 0.5], "train_s": 10.0, "eval_s": 2.0,
-                 "machine": "Some CPU, 2 threads"}))
+            (run / "result.json").write_text(
+                json.dumps(
+                    {
+                        "accuracy": accuracy,
+                        "losses": [2.0, 1.0, 0.5],
+                        "train_s": 10.0,
+                        "eval_s": 2.0,
+                        "machine": "Some CPU, 2 threads",
+                    }
+                )
+            )
     report = write_report(tmp_path, list(accuracies), config, "/models/SmolLM2")
     assert report == (tmp_path / "report.md").read_text()
     assert "| lora | 42.0 ± 2.0 | 40, 42, 44 | 1.167 | 10 |" in report
@@ -79,27 +95,48 @@ def test_report_table_verdicts_and_plot_come_from_the_runs_results(tmp_path):
 
 
 def test_report_says_so_when_no_droplora_arm_beats_lora(tmp_path):
-    config = StudyConfig(steps=1, batch_size=2, r=4, learning_rate=1e-3, n_train=8, n_heldout=4,
-                         seeds=(0, 1), bf16=False)
+    config = StudyConfig(
+        steps=1, batch_size=2, r=4, learning_rate=1e-3, n_train=8, n_heldout=4, seeds=(0, 1), bf16=False
+    )
     for arm, values in {"lora": [40, 44], "droplora-p0.5": [38, 45]}.items():
         for seed, accuracy in zip(config.seeds, values):
             (tmp_path / "runs" / arm / f"seed{seed}").mkdir(parents=True)
-            (tmp_path / "runs" / arm / f"seed{seed}" / "result.json").write_text(json.dumps(
-                {"accuracy": accuracy, "losses": [1.0], "train_s": 1.0, "eval_s": 1.0, "machine": "m"}))
+            (tmp_path / "runs" / arm / f"seed{seed}" / "result.json").write_text(
+                json.dumps({"accuracy": accuracy, "losses": [1.0], "train_s": 1.0, "eval_s": 1.0, "machine": "m"})
+            )
     report = write_report(tmp_path, ["lora", "droplora-p0.5"], config, "m")
     assert "**In short:** no DropLoRA arm beat LoRA beyond seed noise" in report
     assert "- droplora-p0.5 fell behind LoRA by 0.5 points (0.3 standard errors: within seed noise)." in report
 
 
 def test_study_command_trains_every_arm_and_seed_then_resumes_without_retraining(tmp_path, demo_dir):
-    command = ["axolotl", "droplora", "study", "--base-model", str(demo_dir / "model"), "--steps", "3",
-               "--seeds", "2", "--arms", "lora,droplora-p0.3,pissa", "--out", str(tmp_path / "study")]
+    command = [
+        "axolotl",
+        "droplora",
+        "study",
+        "--base-model",
+        str(demo_dir / "model"),
+        "--steps",
+        "3",
+        "--seeds",
+        "2",
+        "--arms",
+        "lora,droplora-p0.3,pissa",
+        "--out",
+        str(tmp_path / "study"),
+    ]
     ran = run_cli(command, cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr[-3000:]
     out = tmp_path / "study"
     results = {path: json.loads(path.read_text()) for path in sorted(out.glob("runs/*/seed*/result.json"))}
     assert [(r["arm"], r["seed"]) for r in results.values()] == [
-        ("droplora-p0.3", 0), ("droplora-p0.3", 1), ("lora", 0), ("lora", 1), ("pissa", 0), ("pissa", 1)]
+        ("droplora-p0.3", 0),
+        ("droplora-p0.3", 1),
+        ("lora", 0),
+        ("lora", 1),
+        ("pissa", 0),
+        ("pissa", 1),
+    ]
     assert all(len(r["losses"]) == 3 and 0 <= r["accuracy"] <= 100 for r in results.values())
     eval_dir = out / "runs" / "lora" / "seed0" / "eval"
     predictions = [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text().splitlines()]
@@ -124,8 +161,20 @@ def test_study_command_trains_every_arm_and_seed_then_resumes_without_retraining
 
 
 def test_study_command_names_unknown_arms_and_the_known_ones(tmp_path, demo_dir):
-    ran = run_cli(["axolotl", "droplora", "study", "--base-model", str(demo_dir / "model"),
-                   "--arms", "lora,droplora-p0.9", "--out", str(tmp_path / "s")], cwd=tmp_path)
+    ran = run_cli(
+        [
+            "axolotl",
+            "droplora",
+            "study",
+            "--base-model",
+            str(demo_dir / "model"),
+            "--arms",
+            "lora,droplora-p0.9",
+            "--out",
+            str(tmp_path / "s"),
+        ],
+        cwd=tmp_path,
+    )
     assert ran.returncode != 0
     assert "unknown arm(s) droplora-p0.9; known: lora, droplora-p0.1" in ran.stderr
     assert not (tmp_path / "s").exists()
@@ -137,8 +186,9 @@ def test_committed_cpu_report_is_what_its_committed_runs_give(tmp_path):
     shutil.copytree(committed / "runs", tmp_path / "runs")
     shutil.copy(committed / "study.json", tmp_path / "study.json")
     settings = json.loads((committed / "study.json").read_text())
-    config = StudyConfig(**{**{k: v for k, v in settings.items() if k != "base_model"},
-                            "seeds": tuple(settings["seeds"])})
+    config = StudyConfig(
+        **{**{k: v for k, v in settings.items() if k != "base_model"}, "seeds": tuple(settings["seeds"])}
+    )
     assert config == CONFIGS["cpu"]  # the report is the cpu config's, as docs/studies.md says
     report = regenerate_report(tmp_path)  # what `study --report-only --out reports/study-cpu` runs
     assert report == (committed / "report.md").read_text()
@@ -156,8 +206,9 @@ def test_committed_regime_reports_are_what_their_committed_runs_give(tmp_path, c
         target = tmp_path / result.relative_to(committed)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(result, target)
-    ran = run_cli([sys.executable, "-m", "axolotl_droplora", "study", "--report-only", "--out", str(tmp_path)],
-                  cwd=tmp_path)
+    ran = run_cli(
+        [sys.executable, "-m", "axolotl_droplora", "study", "--report-only", "--out", str(tmp_path)], cwd=tmp_path
+    )
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert (tmp_path / "report.md").read_text() == (committed / "report.md").read_text()
     for figure in ("curves.png", "spectra.png", "pruning.png") if config == "over-cpu" else ():
@@ -174,16 +225,19 @@ T_80 = {2: 1.061, 4: 0.941}
 
 def test_paired_interval_and_minimum_detectable_difference_by_hand():
     d = paired_difference([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])  # differences 1, 2, 3: mean 2, sd 1
-    se = 1 / 3 ** 0.5
+    se = 1 / 3**0.5
     assert (d.n, d.mean, d.sd) == (3, pytest.approx(2.0), pytest.approx(1.0))
     assert d.low == pytest.approx(2 - T_975[2] * se, rel=1e-3) and d.high == pytest.approx(2 + T_975[2] * se, rel=1e-3)
     assert d.mdd == pytest.approx((T_975[2] + T_80[2]) * se, rel=1e-3)  # 3.097
     assert not d.excludes_zero  # [-0.48, 4.48]
 
     d = paired_difference([1.0] * 5, [1.1, 1.3, 1.2, 1.4, 1.0])  # mean 0.2, sd √0.025
-    se = 0.025 ** 0.5 / 5 ** 0.5
-    assert d.mean == pytest.approx(0.2) and d.sd == pytest.approx(0.025 ** 0.5)
-    assert (d.low, d.high) == (pytest.approx(0.2 - T_975[4] * se, abs=1e-3), pytest.approx(0.2 + T_975[4] * se, abs=1e-3))
+    se = 0.025**0.5 / 5**0.5
+    assert d.mean == pytest.approx(0.2) and d.sd == pytest.approx(0.025**0.5)
+    assert (d.low, d.high) == (
+        pytest.approx(0.2 - T_975[4] * se, abs=1e-3),
+        pytest.approx(0.2 + T_975[4] * se, abs=1e-3),
+    )
     assert d.low > 0 and d.excludes_zero  # [0.004, 0.396]
     assert d.mdd == pytest.approx((T_975[4] + T_80[4]) * se, rel=1e-3)  # 0.263
     with pytest.raises(ValueError):
@@ -196,7 +250,8 @@ def test_seeds_needed_and_question_noise_by_hand():
     assert seeds_needed(1.0, 1e-6) is None
     # Var(subset mean − full mean) = σ²(1/4 − 1/16) = σ² · 0.1875; mean square 0.0075 → σ = 0.2
     assert nested_subset_sd([1.1, 0.9, 1.05], [1.0, 1.0, 1.0], 4, 16) == pytest.approx(
-        ((0.01 + 0.01 + 0.0025) / 3 / 0.1875) ** 0.5)
+        ((0.01 + 0.01 + 0.0025) / 3 / 0.1875) ** 0.5
+    )
     with pytest.raises(ValueError, match="need 0 < n_subset < n_full"):
         nested_subset_sd([1.0], [1.0], 16, 16)
 
@@ -205,11 +260,16 @@ def test_describe_says_direction_interval_and_detectable_size():
     better = paired_difference([1.0] * 5, [0.9, 0.7, 0.8, 0.6, 1.0])  # loss fell by 0.2
     assert describe("droplora-p0.3", "lora", better, "nats/token", lower_is_better=True) == (
         "droplora-p0.3 − lora: -0.200 nats/token, 95% CI [-0.396, -0.004]: better than lora (the interval "
-        "excludes 0); smallest difference these 5 seeds detect (80% power): 0.263 nats/token")
+        "excludes 0); smallest difference these 5 seeds detect (80% power): 0.263 nats/token"
+    )
     unclear = paired_difference([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
-    assert "no difference from pissa shown (the interval includes 0)" in describe("x", "pissa", unclear, "points", False)
-    assert describe("x", "lora", paired_difference([1.0], [1.5]), "points", False) == \
-        "x − lora: +0.500 points (one seed: no interval)"
+    assert "no difference from pissa shown (the interval includes 0)" in describe(
+        "x", "pissa", unclear, "points", False
+    )
+    assert (
+        describe("x", "lora", paired_difference([1.0], [1.5]), "points", False)
+        == "x − lora: +0.500 points (one seed: no interval)"
+    )
 
 
 def test_regime_configs_meet_the_issue_and_refuse_bad_settings():
@@ -236,33 +296,84 @@ def test_regime_configs_meet_the_issue_and_refuse_bad_settings():
 
 
 def _fake_run(curve, accuracy, pruning=None, rank=None):
-    result = {"accuracy": accuracy, "losses": [1.0], "heldout_loss": curve[-1], "loss_curve": curve,
-              "train_s": 60.0, "eval_s": 10.0, "loss_s": 5.0, "curve_s": 5.0, "machine": "Some CPU, 2 threads"}
+    result = {
+        "accuracy": accuracy,
+        "losses": [1.0],
+        "heldout_loss": curve[-1],
+        "loss_curve": curve,
+        "train_s": 60.0,
+        "eval_s": 10.0,
+        "loss_s": 5.0,
+        "curve_s": 5.0,
+        "machine": "Some CPU, 2 threads",
+    }
     if pruning is not None:
-        result["mechanism"] = {"spectra": {"effective_rank_mean": rank, "effective_rank_min": rank, "effective_rank_max": rank,
-                                           "r": 16, "normalised_spectrum": [1.0, 0.5, 0.25, 0.1]},
-                               "effective_rank": {}, "seconds": 10.0,
-                               "pruning": {"full": curve[-1], "curve": [{"fraction": 0.25, "losses": [curve[-1] + pruning / 2] * 2},
-                                                                        {"fraction": 0.5, "losses": [curve[-1] + pruning] * 2}]}}
+        result["mechanism"] = {
+            "spectra": {
+                "effective_rank_mean": rank,
+                "effective_rank_min": rank,
+                "effective_rank_max": rank,
+                "r": 16,
+                "normalised_spectrum": [1.0, 0.5, 0.25, 0.1],
+            },
+            "effective_rank": {},
+            "seconds": 10.0,
+            "pruning": {
+                "full": curve[-1],
+                "curve": [
+                    {"fraction": 0.25, "losses": [curve[-1] + pruning / 2] * 2},
+                    {"fraction": 0.5, "losses": [curve[-1] + pruning] * 2},
+                ],
+            },
+        }
     return result
 
 
 def _write_fake_over_study(root: Path) -> StudyConfig:
-    config = StudyConfig(steps=0, batch_size=4, r=16, learning_rate=1e-3, n_train=8, n_heldout=20, seeds=(0, 1, 2),
-                         bf16=False, epochs=2, n_accuracy=10, n_loss=20, arms=("lora", "droplora-p0.3", "lora-r4",
-                         "droplora-p0.3-r4"), mechanism_arms=("lora", "droplora-p0.3"), prune_fractions=(0.25, 0.5))
+    config = StudyConfig(
+        steps=0,
+        batch_size=4,
+        r=16,
+        learning_rate=1e-3,
+        n_train=8,
+        n_heldout=20,
+        seeds=(0, 1, 2),
+        bf16=False,
+        epochs=2,
+        n_accuracy=10,
+        n_loss=20,
+        arms=("lora", "droplora-p0.3", "lora-r4", "droplora-p0.3-r4"),
+        mechanism_arms=("lora", "droplora-p0.3"),
+        prune_fractions=(0.25, 0.5),
+    )
     # LoRA overfits: lowest after epoch 1, up again after epoch 2 (rises 0.2, 0.25, 0.15); DropLoRA barely rises
     runs = {
         "lora": [([2.0, 1.0, 1.2], 40, 0.4, 3.0), ([2.0, 1.1, 1.35], 42, 0.5, 3.1), ([2.0, 0.9, 1.05], 44, 0.3, 2.9)],
-        "droplora-p0.3": [([2.0, 1.0, 1.05], 41, 0.1, 3.5), ([2.0, 1.1, 1.1], 43, 0.2, 3.6), ([2.0, 0.9, 0.9], 44, 0.1, 3.4)],
-        "lora-r4": [([2.0, 1.2, 1.3], 38, None, None), ([2.0, 1.2, 1.3], 39, None, None), ([2.0, 1.2, 1.4], 40, None, None)],
-        "droplora-p0.3-r4": [([2.0, 1.3, 1.3], 38, None, None), ([2.0, 1.3, 1.4], 38, None, None), ([2.0, 1.3, 1.5], 41, None, None)],
+        "droplora-p0.3": [
+            ([2.0, 1.0, 1.05], 41, 0.1, 3.5),
+            ([2.0, 1.1, 1.1], 43, 0.2, 3.6),
+            ([2.0, 0.9, 0.9], 44, 0.1, 3.4),
+        ],
+        "lora-r4": [
+            ([2.0, 1.2, 1.3], 38, None, None),
+            ([2.0, 1.2, 1.3], 39, None, None),
+            ([2.0, 1.2, 1.4], 40, None, None),
+        ],
+        "droplora-p0.3-r4": [
+            ([2.0, 1.3, 1.3], 38, None, None),
+            ([2.0, 1.3, 1.4], 38, None, None),
+            ([2.0, 1.3, 1.5], 41, None, None),
+        ],
     }
     for arm, seeds in runs.items():
         for seed, (curve, accuracy, pruning, rank) in zip(config.seeds, seeds):
             (root / "runs" / arm / f"seed{seed}").mkdir(parents=True)
-            (root / "runs" / arm / f"seed{seed}" / "result.json").write_text(json.dumps(_fake_run(curve, accuracy, pruning, rank)))
-    (root / "runs" / "lora" / "cross_seed.json").write_text(json.dumps({"seeds": [0, 1, 2], "phi": {"k=1": 0.5, "k=8": 0.25, "k=16": 0.2}}))
+            (root / "runs" / arm / f"seed{seed}" / "result.json").write_text(
+                json.dumps(_fake_run(curve, accuracy, pruning, rank))
+            )
+    (root / "runs" / "lora" / "cross_seed.json").write_text(
+        json.dumps({"seeds": [0, 1, 2], "phi": {"k=1": 0.5, "k=8": 0.25, "k=16": 0.2}})
+    )
     (root / "study.json").write_text(json.dumps(study_settings(config, "/models/SmolLM2")))
     return config
 
@@ -283,15 +394,24 @@ def test_regime_report_states_intervals_overfitting_grid_mechanism_and_every_cla
     assert "| 4 | 1.3333 | 1.4000 (+0.0667 [" in report and "| 16 | 1.2000 | 1.0167 (-0.1833 [" in report
     assert "| lora | 16 | 3.00 | 0.500 / 0.250 / 0.200 | +0.2000 | +0.4000 |" in report
     assert "| droplora-p0.3 | 16 | 3.50 | not run | +0.0667 | +0.1333 |" in report
-    assert "- effective rank, droplora-p0.3 − lora: +0.50 [+0.50, +0.50], smallest detectable 0.00 (paired by seed; r = 16)." \
-        in report  # 3.5 − 3.0, 3.6 − 3.1, 3.4 − 2.9
+    assert (
+        "- effective rank, droplora-p0.3 − lora: +0.50 [+0.50, +0.50], smallest detectable 0.00 "
+        "(paired by seed; r = 16)." in report
+    )  # 3.5 − 3.0, 3.6 − 3.1, 3.4 − 2.9
     assert "Removing rank channels *lowered*" not in report and "Untestable here as posed" not in report
-    for claim in ("DropLoRA beats LoRA (Tables 1–4):** droplora-p0.3 − lora", "**p = 0.3 is best:** not run in this report",
-                  "**r trend", "r = 4: droplora-p0.3-r4 − lora-r4", "**A loss at p ≥ 0.5 on math:** not run in this report",
-                  "**No inference cost:**", "**Rank dropout on SVD inits (PiSSA, MiLoRA; the paper's open question):** not run in this report",
-                  "**Regularisation: DropLoRA overfits less (smaller rise of the held-out loss):** droplora-p0.3 − lora rise",
-                  "**Implicit ensemble (degrades less when rank channels are removed):** droplora-p0.3 − lora",
-                  "**GaLore", "**What this cannot say.**"):
+    for claim in (
+        "DropLoRA beats LoRA (Tables 1–4):** droplora-p0.3 − lora",
+        "**p = 0.3 is best:** not run in this report",
+        "**r trend",
+        "r = 4: droplora-p0.3-r4 − lora-r4",
+        "**A loss at p ≥ 0.5 on math:** not run in this report",
+        "**No inference cost:**",
+        "**Rank dropout on SVD inits (PiSSA, MiLoRA; the paper's open question):** not run in this report",
+        "**Regularisation: DropLoRA overfits less (smaller rise of the held-out loss):** droplora-p0.3 − lora rise",
+        "**Implicit ensemble (degrades less when rank channels are removed):** droplora-p0.3 − lora",
+        "**GaLore",
+        "**What this cannot say.**",
+    ):
         assert claim in report, claim
     for figure in ("curves.png", "grid.png", "spectra.png", "pruning.png"):
         assert f"]({figure})" in report
@@ -311,14 +431,17 @@ def test_regime_report_says_channel_removal_measures_shrinkage_when_it_lowers_th
     report = regenerate_report(tmp_path)
     assert "| lora | 16 | 3.00 | 0.500 / 0.250 / 0.200 | -0.0125 | -0.0250 |" in report
     assert "Removing rank channels *lowered* the held-out loss of every arm" in report
-    assert ("**Implicit ensemble (degrades less when rank channels are removed):** droplora-p0.3 − lora" in report
-            and "Untestable here as posed: removal lowered every adapter's loss" in report)
+    assert (
+        "**Implicit ensemble (degrades less when rank channels are removed):** droplora-p0.3 − lora" in report
+        and "Untestable here as posed: removal lowered every adapter's loss" in report
+    )
 
 
 def test_regime_report_says_seeds_not_questions_set_the_intervals_and_how_many_seeds_would_do(tmp_path):
     config = _write_fake_over_study(tmp_path)
-    (tmp_path / "study.json").write_text(json.dumps(study_settings(dataclasses.replace(config, n_curve=5),
-                                                                   "/models/SmolLM2")))
+    (tmp_path / "study.json").write_text(
+        json.dumps(study_settings(dataclasses.replace(config, n_curve=5), "/models/SmolLM2"))
+    )
     for result_file in tmp_path.glob("runs/*/seed*/result.json"):  # the curve scored the first 5 of the 20 questions
         result = json.loads(result_file.read_text())
         result_file.write_text(json.dumps({**result, "heldout_loss": result["loss_curve"][-1] + 0.03}))
@@ -326,8 +449,10 @@ def test_regime_report_says_seeds_not_questions_set_the_intervals_and_how_many_s
     # σ² = 0.03² / (1/5 − 1/20) = 0.006, so one 20-question mean has SE √0.006 / √20 = 0.0173; seed sd:
     # lora-r4 0.0577 … lora 0.15; paired sd 0.0577 in both comparisons, and (t.975 + t.80) · 0.0577 / √n
     # first drops below half of LoRA's rise (0.1) at n = 5 (3.717 · 0.0577 / √5 = 0.096; n = 4: 0.120)
-    assert ("**Seeds, not questions, set these intervals.** An arm's final answer loss varies from seed to seed with "
-            "sd 0.0577–0.1500; the question-sampling standard error of one 20-question mean is about 0.0173") in report
+    assert (
+        "**Seeds, not questions, set these intervals.** An arm's final answer loss varies from seed to seed with "
+        "sd 0.0577–0.1500; the question-sampling standard error of one 20-question mean is about 0.0173"
+    ) in report
     assert "To detect half of LoRA's rise (0.1000 nats/token) at 80% power: " in report
     assert "droplora-p0.3-r4 − lora-r4 (sd of the paired differences 0.0577): 5 seeds." in report
     assert "droplora-p0.3 − lora (sd of the paired differences 0.0577): 5 seeds;" in report
@@ -335,12 +460,16 @@ def test_regime_report_says_seeds_not_questions_set_the_intervals_and_how_many_s
 
 def test_report_only_command_regenerates_without_a_model_and_names_missing_runs(tmp_path):
     _write_fake_over_study(tmp_path)
-    ran = run_cli([sys.executable, "-m", "axolotl_droplora", "study", "--report-only", "--out", str(tmp_path)], cwd=tmp_path)
+    ran = run_cli(
+        [sys.executable, "-m", "axolotl_droplora", "study", "--report-only", "--out", str(tmp_path)], cwd=tmp_path
+    )
     assert ran.returncode == 0, ran.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
     assert "Overfitting check: shown" in report and ran.stdout.strip().endswith(report.strip().splitlines()[-1])
     (tmp_path / "runs" / "lora-r4" / "seed2" / "result.json").unlink()
-    ran = run_cli([sys.executable, "-m", "axolotl_droplora", "study", "--report-only", "--out", str(tmp_path)], cwd=tmp_path)
+    ran = run_cli(
+        [sys.executable, "-m", "axolotl_droplora", "study", "--report-only", "--out", str(tmp_path)], cwd=tmp_path
+    )
     assert ran.returncode != 0 and "runs lacks lora-r4/seed2: run the study to finish them" in ran.stderr
 
 
@@ -352,10 +481,27 @@ def test_tiny_regime_study_trains_scores_curves_and_analyses_then_resumes(tmp_pa
     from axolotl_droplora.eval.answer_loss import answer_nll
     from axolotl_droplora.study.run import heldout_pairs
 
-    config = StudyConfig(steps=0, batch_size=4, r=4, learning_rate=2e-3, n_train=8, n_heldout=16, seeds=(0, 1),
-                         bf16=False, max_new_tokens=6, eval_batch_size=8, epochs=2, n_accuracy=4, n_loss=12, n_curve=6,
-                         arms=("lora", "droplora-p0.3"), mechanism_arms=("lora", "droplora-p0.3"), n_prune=4,
-                         prune_draws=2, prune_fractions=(0.25, 0.5))
+    config = StudyConfig(
+        steps=0,
+        batch_size=4,
+        r=4,
+        learning_rate=2e-3,
+        n_train=8,
+        n_heldout=16,
+        seeds=(0, 1),
+        bf16=False,
+        max_new_tokens=6,
+        eval_batch_size=8,
+        epochs=2,
+        n_accuracy=4,
+        n_loss=12,
+        n_curve=6,
+        arms=("lora", "droplora-p0.3"),
+        mechanism_arms=("lora", "droplora-p0.3"),
+        n_prune=4,
+        prune_draws=2,
+        prune_fractions=(0.25, 0.5),
+    )
     out = tmp_path / "study"
     report = run_study(demo_dir / "model", out, config)
     files = sorted(out.glob("runs/*/seed*/result.json"))
@@ -372,8 +518,10 @@ def test_tiny_regime_study_trains_scores_curves_and_analyses_then_resumes(tmp_pa
     assert set(json.loads((out / "runs" / "lora" / "cross_seed.json").read_text())["phi"]) == {"k=1", "k=2", "k=4"}
     # the recorded loss is the saved adapter's answer loss on the first n_loss held-out questions
     tokenizer = AutoTokenizer.from_pretrained(demo_dir / "model")
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_dir / "model", dtype=torch.float32),
-                                      out / "adapters" / "droplora-p0.3" / "seed1")
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(demo_dir / "model", dtype=torch.float32),
+        out / "adapters" / "droplora-p0.3" / "seed1",
+    )
     heldout = json.loads((out / "task" / "heldout" / "gsm8k" / "test.json").read_text())
     again = answer_nll(model, tokenizer, *heldout_pairs(heldout, 12))
     run = results["droplora-p0.3", 1]
@@ -401,20 +549,47 @@ def test_tiny_regime_study_trains_scores_curves_and_analyses_then_resumes(tmp_pa
 
 def test_galore_arm_is_refused_before_any_work_without_its_package(tmp_path, demo_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "galore_torch", None)  # as if not installed
-    config = StudyConfig(steps=1, batch_size=2, r=4, learning_rate=1e-3, n_train=4, n_heldout=4, seeds=(0,),
-                         bf16=False, n_loss=4, arms=("lora", "galore"))
-    with pytest.raises(ValueError, match="galore arm needs the galore-torch package, not installed: pip install galore-torch"):
+    config = StudyConfig(
+        steps=1,
+        batch_size=2,
+        r=4,
+        learning_rate=1e-3,
+        n_train=4,
+        n_heldout=4,
+        seeds=(0,),
+        bf16=False,
+        n_loss=4,
+        arms=("lora", "galore"),
+    )
+    with pytest.raises(
+        ValueError, match="galore arm needs the galore-torch package, not installed: pip install galore-torch"
+    ):
         run_study(demo_dir / "model", tmp_path / "s", config)
     assert not (tmp_path / "s").exists()
     assert "galore" in CONFIGS["under-gpu"].arms
 
 
 def test_galore_arm_trains_with_transformers_galore_optimizer(tmp_path, demo_dir):
-    config = StudyConfig(steps=3, batch_size=4, r=4, learning_rate=1e-3, n_train=8, n_heldout=8, seeds=(0,),
-                         bf16=False, max_new_tokens=4, eval_batch_size=8, n_accuracy=2, n_loss=8, arms=("lora", "galore"))
+    config = StudyConfig(
+        steps=3,
+        batch_size=4,
+        r=4,
+        learning_rate=1e-3,
+        n_train=8,
+        n_heldout=8,
+        seeds=(0,),
+        bf16=False,
+        max_new_tokens=4,
+        eval_batch_size=8,
+        n_accuracy=2,
+        n_loss=8,
+        arms=("lora", "galore"),
+    )
     report = run_study(demo_dir / "model", tmp_path / "s", config)
     result = json.loads((tmp_path / "s" / "runs" / "galore" / "seed0" / "result.json").read_text())
-    assert result["optimizer"] == "galore_torch.adamw.AdamW" and len(result["losses"]) == 3 and result["heldout_loss"] > 0
+    assert (
+        result["optimizer"] == "galore_torch.adamw.AdamW" and len(result["losses"]) == 3 and result["heldout_loss"] > 0
+    )
     assert "galore − lora: " in report
 
 
@@ -426,5 +601,7 @@ def test_regime_report_says_when_lora_did_not_overfit_and_the_regularisation_cla
     report = regenerate_report(tmp_path)
     assert "**Overfitting check: not shown.** LoRA's mean held-out loss is lowest after the last epoch" in report
     assert "Raise `epochs` or `learning_rate`, or lower `n_train`" in report
-    assert ("**Regularisation: DropLoRA overfits less (smaller rise of the held-out loss):** untested here, as the "
-            "overfitting check above is not shown") in report
+    assert (
+        "**Regularisation: DropLoRA overfits less (smaller rise of the held-out loss):** untested here, as the "
+        "overfitting check above is not shown"
+    ) in report
