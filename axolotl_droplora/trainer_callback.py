@@ -53,12 +53,34 @@ REFERENCE_ADAPTER = "ref"
 
 
 class DropLoRACallback(TrainerCallback):
-    """Rank dropout (`rank_dropout=p`, None for none), MiLoRA init (`milora=True`), and saves
-    converted for the original base after MiLoRA or PiSSA (`save_base="original"`).
+    """DropLoRA and MiLoRA for any transformers Trainer (TRL's SFTTrainer, DPOTrainer, …) on a PEFT
+    LoRA model; the Axolotl plugin uses this same callback, so both routes run one code path.
 
-    `exact_init=True` (`svd_init_exact`, MiLoRA only): keep W as the base weight and subtract
-    s·B0·A0 in the forward (exact_init.py), so that a bf16 model starts from the base exactly.
-    Raises ValueError for bad arguments, naming them.
+    At the start of training it installs rank dropout (method/rank_dropout.py) and runs MiLoRA's
+    init (method/milora.py); at every save after MiLoRA or PEFT's PiSSA it converts the adapter
+    for the original base (method/conversion.py) and writes the model card.
+
+    Args:
+        rank_dropout: p in [0, 1), the chance that a rank channel is dropped in a training step
+            (default 0.3, the paper's); None: no rank dropout.
+        mask_mode: the mask's shape: "element" (default, the authors' nn.Dropout), "sequence" or
+            "batch" (`MASK_MODES`).
+        rescale: scale kept channels by 1/(1 − p) (default True).
+        milora: initialise A, B from the r smallest singular triplets of each targeted weight and
+            keep the rest as the frozen residual base (build the model with a standard LoraConfig).
+        save_base: after MiLoRA or PiSSA, "original" (default) saves rank-2r adapters valid on
+            the original base; "residual" saves them as trained, valid only on W_p.
+        reference_adapter: for TRL's preference trainers after an SVD init: add a frozen `ref`
+            adapter holding A0, B0, so the reference model is the starting model.
+        exact_init: (`svd_init_exact`, MiLoRA only) keep W as the base weight and subtract
+            s·B0·A0 in the forward (method/exact_init.py), so a bf16 model starts from the base
+            exactly.
+
+    Raises:
+        ValueError: when made, a bad `rank_dropout`, `mask_mode` or `save_base`, or `exact_init`
+            without `milora`; at the start of training, a model without LoRA layers, an SVD init
+            whose weights are not loaded on this rank (FSDP's cpu_ram_efficient_loading), or an
+            SVD init's adapter changed before the first step.
     """
 
     def __init__(

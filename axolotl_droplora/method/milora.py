@@ -90,12 +90,27 @@ def _target_layers(model: torch.nn.Module, adapter_name: str) -> list[tuple[str,
 
 @torch.no_grad()
 def init_milora(model: torch.nn.Module, adapter_name: str = "default", exact: bool = False) -> int:
-    """Re-initialise every LoRA layer of `model` with MiLoRA, in place. Returns the layer count.
+    """Re-initialise every LoRA layer of `model` with MiLoRA, in place.
 
-    With `exact=True` (`svd_init_exact`) the base weights keep W and each layer subtracts
-    s·B0·A0·x in its forward instead (exact_init.py): the model starts from the base bit for bit,
-    where a bf16 W_p = W − s·B0·A0 would round most of the minor components away. Raises
-    ValueError for DoRA layers with `exact=True`, before changing anything.
+    For each targeted weight W (d_out, d_in) = U·diag(S)·Vᵀ and the layer's rank r and scale s:
+    B = U_m·diag(√(S_m/s)) (d_out, r), A = diag(√(S_m/s))·V_mᵀ (r, d_in) from the r smallest
+    singular triplets, and the frozen base becomes W_p = W − s·B·A, so W_p + s·B·A = W.
+
+    Args:
+        model: a PEFT model built with a standard LoraConfig (PEFT has no "milora" init).
+        adapter_name: the adapter to initialise (default "default").
+        exact: (`svd_init_exact`) keep W as the base weight and subtract s·B0·A0·x in each
+            layer's forward instead (method/exact_init.py): the model starts from the base bit for
+            bit, where a bf16 W_p would round most of the minor components away.
+
+    Returns:
+        How many LoRA layers were initialised.
+
+    Raises:
+        ValueError: no LoRA layer carries `adapter_name`; a base layer that is not a full-precision
+            nn.Linear (quantized), or fan_in_fan_out; weights not loaded on this rank (the meta
+            device: FSDP's cpu_ram_efficient_loading); or, with `exact=True`, a DoRA layer. All
+            before anything changes.
 
     Under DeepSpeed ZeRO-3 each rank holds only a partition of every weight: the layers are
     gathered a few at a time (`conversion.gathered`, DeepSpeed's GatheredParameters, decided by
