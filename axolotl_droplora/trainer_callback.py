@@ -78,9 +78,10 @@ class DropLoRACallback(TrainerCallback):
 
     Raises:
         ValueError: when made, a bad `rank_dropout`, `mask_mode` or `save_base`, or `exact_init`
-            without `milora`; at the start of training, a model without LoRA layers, an SVD init
-            whose weights are not loaded on this rank (FSDP's cpu_ram_efficient_loading), or an
-            SVD init's adapter changed before the first step.
+            without `milora`; when training starts, a model without LoRA layers, an SVD init under
+            FSDP's cpu_ram_efficient_loading, or converted saves with `load_best_model_at_end`.
+        RuntimeError: when training starts, an SVD init's adapter changed before the first step;
+            on resume, a checkpoint trained from another SVD init.
     """
 
     def __init__(
