@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ..eval.evaluate import read_records
 from ..method.lora_layers import lora_layers
 from ..method.lora_layers import scaling as lora_scaling
 from .spectra import subspace_similarity
@@ -194,13 +195,8 @@ def summarise_spectra(layer_spectra: dict) -> dict:
 def load_questions(path: str | Path, limit: int | None = None) -> list[dict]:
     """Records with `instruction` and `output` from a JSON list or JSONL file (the demo's held-out set)."""
     path = Path(path)
-    text = path.read_text()
     try:
-        records = (
-            json.loads(text)
-            if path.suffix == ".json"
-            else [json.loads(line) for line in text.splitlines() if line.strip()]
-        )
+        records = read_records(path)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON{'' if path.suffix == '.json' else 'L'}: {err}") from None
     for index, record in enumerate(records[:limit]):

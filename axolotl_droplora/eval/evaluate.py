@@ -49,6 +49,18 @@ class EvalDataError(ValueError):
     """A test file that is missing or malformed; the message names the file and the record."""
 
 
+def read_records(path: Path) -> list:
+    """The records of a JSON list (`.json`) or of a JSON Lines file (any other suffix).
+
+    Raises:
+        json.JSONDecodeError: the file is not valid JSON / JSON Lines.
+    """
+    text = path.read_text()
+    if path.suffix == ".json":
+        return json.loads(text)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def load_set(data_dir: Path, set_name: str) -> list[dict]:
     for name in ("test.json", "test.jsonl"):
         path = Path(data_dir) / set_name / name
@@ -59,12 +71,7 @@ def load_set(data_dir: Path, set_name: str) -> list[dict]:
             f"no test file for {set_name!r}: expected {Path(data_dir) / set_name}/test.json or test.jsonl"
         )
     try:
-        text = path.read_text()
-        records = (
-            json.loads(text)
-            if path.suffix == ".json"
-            else [json.loads(line) for line in text.splitlines() if line.strip()]
-        )
+        records = read_records(path)
     except json.JSONDecodeError as err:
         raise EvalDataError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(records, list) or not records:

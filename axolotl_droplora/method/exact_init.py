@@ -61,8 +61,10 @@ class InitialTerm(nn.Module):
     def subtract(self, lora_b: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
         """Hook on lora_B[adapter]: its output minus B0·A0·x, before PEFT multiplies by s."""
         if not self.inputs:
-            raise RuntimeError(f"{KEY}: lora_B ran without its layer's input (called outside the "
-                               f"LoRA layer's forward?): the frozen term −s·B0·A0·x cannot be added")
+            raise RuntimeError(
+                f"{KEY}: lora_B ran without its layer's input (called outside the "
+                f"LoRA layer's forward?): the frozen term −s·B0·A0·x cannot be added"
+            )
         return output - self(self.inputs.pop()).to(output.dtype)
 
     def extra_repr(self) -> str:
@@ -72,19 +74,23 @@ class InitialTerm(nn.Module):
 def _refuse_merged(layer: nn.Module, args) -> None:
     if getattr(layer, "merged", False) and not getattr(layer, "disable_adapters", False):
         # a merged layer skips the LoRA path, so W + s·B·A would run without −s·B0·A0
-        raise RuntimeError(f"{KEY}: this LoRA layer was merged while the frozen term −s·B0·A0 is "
-                           f"active, so the merged weight misses it. Unmerge, or merge only after "
-                           f"training (the saved adapter is converted for the original base)")
+        raise RuntimeError(
+            f"{KEY}: this LoRA layer was merged while the frozen term −s·B0·A0 is "
+            f"active, so the merged weight misses it. Unmerge, or merge only after "
+            f"training (the saved adapter is converted for the original base)"
+        )
 
 
 def check_supported(layer: nn.Module, adapter: str) -> None:
     """Raise ValueError naming the key if the exact mode cannot run on this LoRA layer (DoRA:
     it normalises by the norm of the base weight plus s·B·A, which would have to be W_p)."""
     if layer.use_dora.get(adapter):
-        raise ValueError(f"{KEY}: true does not support DoRA (use_dora / peft_use_dora): DoRA "
-                         f"normalises by the norm of the base weight plus s·B·A, which would have "
-                         f"to be W_p. Remove {KEY} (the residual base is then rounded to the "
-                         f"weights' dtype) or train without DoRA")
+        raise ValueError(
+            f"{KEY}: true does not support DoRA (use_dora / peft_use_dora): DoRA "
+            f"normalises by the norm of the base weight plus s·B·A, which would have "
+            f"to be W_p. Remove {KEY} (the residual base is then rounded to the "
+            f"weights' dtype) or train without DoRA"
+        )
 
 
 def install_initial_term(layer: nn.Module, adapter: str) -> InitialTerm:
