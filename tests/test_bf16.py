@@ -285,7 +285,9 @@ print(f"identical: {torch.equal(built, base)}; max |built - base| = {(built - ba
 @pytest.mark.parametrize("exact", [False, True], ids=["rounded", "svd_init_exact"])
 def test_axolotl_builds_a_bf16_milora_model_equal_to_the_base_only_in_exact_mode(tmp_path, demo_dir, exact):
     """`bfloat16: true` (Axolotl's non-AMP key) loads the base in bf16 without `bf16: true`, which
-    needs a bf16-capable accelerator (on CPU: "Your setup doesn't support bf16/gpu")."""
+    needs a bf16-capable accelerator (on CPU: "Your setup doesn't support bf16/gpu"). Only the
+    build can run here: `axolotl train` with `bfloat16: true` stops with that same error (Axolotl
+    sets the trainer's bf16 from it and never sets use_cpu), so no bf16 lr-0 run on this route."""
     import re
 
     recipe = write_recipe(tmp_path, demo_dir, adapter="lora", droplora_rank_dropout=None, droplora_mask_mode=None,
