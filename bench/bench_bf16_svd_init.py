@@ -33,14 +33,19 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from axolotl_droplora import DropLoRACallback
-from axolotl_droplora.eval.answer_loss import answer_nll
 from axolotl_droplora.demo.task import make_demo
+from axolotl_droplora.eval.answer_loss import answer_nll
 from axolotl_droplora.eval.prompts import MATH_PROMPT
 
-TARGETS = {"q,v,up,down": ["q_proj", "v_proj", "up_proj", "down_proj"],
-           "q,k,v,up,down": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]}
-INITS = {"MiLoRA (rounded W_p)": dict(milora=True), "MiLoRA svd_init_exact": dict(milora=True, exact_init=True),
-         "PiSSA (PEFT)": dict(pissa=True)}
+TARGETS = {
+    "q,v,up,down": ["q_proj", "v_proj", "up_proj", "down_proj"],
+    "q,k,v,up,down": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+}
+INITS = {
+    "MiLoRA (rounded W_p)": dict(milora=True),
+    "MiLoRA svd_init_exact": dict(milora=True, exact_init=True),
+    "PiSSA (PEFT)": dict(pissa=True),
+}
 RANK = 16
 
 
@@ -55,8 +60,16 @@ def heldout(model_dir: Path) -> tuple[list[str], list[str]]:
 
 def build(model_dir: Path, dtype: torch.dtype, targets: list[str], pissa=False, **callback_kwargs):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=RANK, lora_dropout=0.0, target_modules=targets,
-                                             init_lora_weights="pissa" if pissa else True))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=RANK,
+            lora_alpha=RANK,
+            lora_dropout=0.0,
+            target_modules=targets,
+            init_lora_weights="pissa" if pissa else True,
+        ),
+    )
     callback = DropLoRACallback(rank_dropout=None, **callback_kwargs)
     callback.prepare(model)
     return model.eval()
@@ -96,24 +109,32 @@ def main():
     prompts, answers = heldout(args.model)
     vocab = AutoModelForCausalLM.from_pretrained(args.model).config.vocab_size
     tokens = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(0))
-    print(f"{args.model.name}, LoRA r={RANK} alpha={RANK}, logits on 2x32 random tokens (seed 0), answer loss "
-          f"on {len(prompts)} held-out questions; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    header = "| dtype | targets | init | max abs logit diff | mean abs logit diff | argmax agreement | " \
-             "answer loss base | answer loss built |"
+    print(
+        f"{args.model.name}, LoRA r={RANK} alpha={RANK}, logits on 2x32 random tokens (seed 0), answer loss "
+        f"on {len(prompts)} held-out questions; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    header = (
+        "| dtype | targets | init | max abs logit diff | mean abs logit diff | argmax agreement | "
+        "answer loss base | answer loss built |"
+    )
     print(header + "\n" + "|---" * 8 + "|")
     bases = {}
     with torch.no_grad():
         for dtype in (torch.float32, torch.bfloat16):
             base = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
-            bases[dtype] = (base(input_ids=tokens).logits.float(),
-                            statistics.fmean(answer_nll(base, tokenizer, prompts, answers, batch_size=8)))
+            bases[dtype] = (
+                base(input_ids=tokens).logits.float(),
+                statistics.fmean(answer_nll(base, tokenizer, prompts, answers, batch_size=8)),
+            )
             del base
     bf16_logits, f32_logits = bases[torch.bfloat16][0], bases[torch.float32][0]
     diff = (bf16_logits - f32_logits).abs()
     agree = float((bf16_logits.argmax(-1) == f32_logits.argmax(-1)).float().mean())
     # the yardstick row: "base" is the f32 base, "built" the bf16 base
-    print(f"| bf16 base vs f32 base | - | - | {float(diff.max()):.3g} | {float(diff.mean()):.3g} | {agree:.1%} | "
-          f"{bases[torch.float32][1]:.4f} | {bases[torch.bfloat16][1]:.4f} |")
+    print(
+        f"| bf16 base vs f32 base | - | - | {float(diff.max()):.3g} | {float(diff.mean()):.3g} | {agree:.1%} | "
+        f"{bases[torch.float32][1]:.4f} | {bases[torch.bfloat16][1]:.4f} |"
+    )
     for dtype in (torch.bfloat16, torch.float32):
         base_logits, base_loss = bases[dtype]
         for target_name, targets in TARGETS.items():
@@ -121,8 +142,11 @@ def main():
                 model = build(args.model, dtype, targets, **kwargs)
                 worst, mean, agree = compare(model, base_logits, tokens)
                 loss = statistics.fmean(answer_nll(model, tokenizer, prompts, answers, batch_size=8))
-                print(f"| {str(dtype).removeprefix('torch.')} | {target_name} | {init_name} | {worst:.3g} | "
-                      f"{mean:.3g} | {agree:.1%} | {base_loss:.4f} | {loss:.4f} |", flush=True)
+                print(
+                    f"| {str(dtype).removeprefix('torch.')} | {target_name} | {init_name} | {worst:.3g} | "
+                    f"{mean:.3g} | {agree:.1%} | {base_loss:.4f} | {loss:.4f} |",
+                    flush=True,
+                )
                 del model
     if args.steps:
         seconds = {}

@@ -21,16 +21,16 @@ import sys
 
 import pytest
 import torch
+from conftest import run_cli, tiny_base_model
+from test_plugin import write_recipe
+from test_trainer_callback import DroppedChannels, make_trainer
 from transformers import AutoModelForCausalLM
 
 from axolotl_droplora import MASK_MODES, DropLoRACallback, RankDropout, init_milora
-from conftest import run_cli, tiny_base_model
-from test_trainer_callback import DroppedChannels, make_trainer
-from test_plugin import write_recipe
 
 P = 0.3  # 1/(1−p) = 1.428571… is not a bf16 number (bf16 rounds it to 1.4296875)
-MERGE_ATOL = 4 * 2 ** -5
-DID_TRAIN = 2 ** -5  # 4 steps moved some logit by more than a bf16 rounding step of the largest ones
+MERGE_ATOL = 4 * 2**-5
+DID_TRAIN = 2**-5  # 4 steps moved some logit by more than a bf16 rounding step of the largest ones
 TOKENS = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(5))
 BF16 = {"autocast": {"bf16": True}, "bf16-base": {"bf16": True, "dtype": torch.bfloat16}}
 
@@ -59,8 +59,18 @@ def vanilla(base_dir, jobs: list[tuple[str, torch.dtype]], tmp_path) -> dict:
     """For each (adapter folder, base dtype): the logits of the base, of vanilla PEFT with the
     adapter and of PEFT's merged model, in one process that never imports this package."""
     jobs = [(str(adapter), str(dtype).removeprefix("torch.")) for adapter, dtype in jobs]
-    done = run_cli([sys.executable, "-c", VANILLA, str(base_dir), json.dumps(jobs), json.dumps(TOKENS.tolist()),
-                    str(tmp_path / "vanilla.pt")], cwd=tmp_path)
+    done = run_cli(
+        [
+            sys.executable,
+            "-c",
+            VANILLA,
+            str(base_dir),
+            json.dumps(jobs),
+            json.dumps(TOKENS.tolist()),
+            str(tmp_path / "vanilla.pt"),
+        ],
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return torch.load(tmp_path / "vanilla.pt")
 
@@ -125,14 +135,24 @@ def test_rank_dropout_on_bf16_activations_keeps_the_dtype_and_scales_by_exactly_
 # name -> (DropLoRACallback arguments, make_trainer arguments); every run trains 4 steps with
 # TRL's bf16=True on CPU and saves its adapter
 RUNS = {
-    **{f"droplora-{mode}-{precision}": ({"mask_mode": mode}, BF16[precision])
-       for mode in MASK_MODES for precision in BF16},
+    **{
+        f"droplora-{mode}-{precision}": ({"mask_mode": mode}, BF16[precision])
+        for mode in MASK_MODES
+        for precision in BF16
+    },
     "dora-bf16-base": ({"mask_mode": "element"}, {"lora_kwargs": {"use_dora": True}, **BF16["bf16-base"]}),
-    **{f"pissa-{precision}": ({"mask_mode": "sequence"}, {"alpha": 8, "lora_kwargs": {"init_lora_weights": "pissa"},
-                                                          **BF16[precision]}) for precision in BF16},
+    **{
+        f"pissa-{precision}": (
+            {"mask_mode": "sequence"},
+            {"alpha": 8, "lora_kwargs": {"init_lora_weights": "pissa"}, **BF16[precision]},
+        )
+        for precision in BF16
+    },
     "milora-bf16-base": ({"mask_mode": "batch", "milora": True}, {"alpha": 8, **BF16["bf16-base"]}),
-    "milora-exact-bf16-base": ({"mask_mode": "batch", "milora": True, "exact_init": True},
-                               {"alpha": 8, **BF16["bf16-base"]}),
+    "milora-exact-bf16-base": (
+        {"mask_mode": "batch", "milora": True, "exact_init": True},
+        {"alpha": 8, **BF16["bf16-base"]},
+    ),
 }
 
 
@@ -143,8 +163,13 @@ def trained(demo_dir, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("bf16")
     runs = {}
     for name, (callback_kwargs, trainer_kwargs) in RUNS.items():
-        trainer = make_trainer(demo_dir, root / name, DropLoRACallback(rank_dropout=P, **callback_kwargs),
-                               output_dir=str(root / name), **trainer_kwargs)
+        trainer = make_trainer(
+            demo_dir,
+            root / name,
+            DropLoRACallback(rank_dropout=P, **callback_kwargs),
+            output_dir=str(root / name),
+            **trainer_kwargs,
+        )
         run = {"at_start": eval_logits(trainer.model, autocast=False)}  # before accelerate's autocast
         run["activations"], run["counter"] = FirstLayerActivations(trainer.model), DroppedChannels(trainer.model)
         trainer.train()
@@ -222,10 +247,17 @@ def test_the_adapter_changed_guard_in_bf16_stops_a_redraw_but_not_a_bf16_cast(de
         weight = getattr(layer, name)["default"].weight
         weight.data = weight.data.to(torch.bfloat16)
     trainer.train()
-    trainer = make_trainer(demo_dir, tmp_path, DropLoRACallback(rank_dropout=None, milora=True, exact_init=exact),
-                           alpha=8, max_steps=1, **BF16["bf16-base"])
-    torch.nn.init.kaiming_uniform_(trainer.model.base_model.model.model.layers[0].self_attn.q_proj
-                                   .lora_A["default"].weight)
+    trainer = make_trainer(
+        demo_dir,
+        tmp_path,
+        DropLoRACallback(rank_dropout=None, milora=True, exact_init=exact),
+        alpha=8,
+        max_steps=1,
+        **BF16["bf16-base"],
+    )
+    torch.nn.init.kaiming_uniform_(
+        trainer.model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight
+    )
     with pytest.raises(RuntimeError, match="LoRA weights changed between the SVD init and the start of training"):
         trainer.train()
 
@@ -252,12 +284,18 @@ def test_exact_mode_refuses_a_merged_layer_instead_of_computing_without_the_froz
         model(input_ids=TOKENS % 128)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"peft_init_lora_weights": "pissa"}, "`svd_init_exact: true` needs `peft_init_lora_weights: milora` (got "
-                                          "pissa): PEFT's PiSSA init writes the rounded residual"),
-    ({"peft_init_lora_weights": "milora", "peft_use_dora": True}, "`svd_init_exact: true` does not support DoRA"),
-    ({}, "`svd_init_exact: true` needs `peft_init_lora_weights: milora` (got None)"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"peft_init_lora_weights": "pissa"},
+            "`svd_init_exact: true` needs `peft_init_lora_weights: milora` (got "
+            "pissa): PEFT's PiSSA init writes the rounded residual",
+        ),
+        ({"peft_init_lora_weights": "milora", "peft_use_dora": True}, "`svd_init_exact: true` does not support DoRA"),
+        ({}, "`svd_init_exact: true` needs `peft_init_lora_weights: milora` (got None)"),
+    ],
+)
 def test_axolotl_config_refuses_svd_init_exact_where_it_cannot_work(tmp_path, demo_dir, overrides, message):
     from test_args import error_of
 
@@ -290,10 +328,20 @@ def test_axolotl_builds_a_bf16_milora_model_equal_to_the_base_only_in_exact_mode
     sets the trainer's bf16 from it and never sets use_cpu), so no bf16 lr-0 run on this route."""
     import re
 
-    recipe = write_recipe(tmp_path, demo_dir, adapter="lora", droplora_rank_dropout=None, droplora_mask_mode=None,
-                          peft_init_lora_weights="milora", lora_alpha=16, bfloat16=True,
-                          svd_init_exact=exact or None,
-                          lora_qkv_kernel=False, lora_o_kernel=False, lora_mlp_kernel=False)
+    recipe = write_recipe(
+        tmp_path,
+        demo_dir,
+        adapter="lora",
+        droplora_rank_dropout=None,
+        droplora_mask_mode=None,
+        peft_init_lora_weights="milora",
+        lora_alpha=16,
+        bfloat16=True,
+        svd_init_exact=exact or None,
+        lora_qkv_kernel=False,
+        lora_o_kernel=False,
+        lora_mlp_kernel=False,
+    )
     built = run_cli([sys.executable, "-c", BUILT_BF16_VS_BASE, str(recipe), str(demo_dir / "model")], cwd=tmp_path)
     assert built.returncode == 0, built.stderr[-3000:]
     identical = re.search(r"identical: (\w+)", built.stdout).group(1)
