@@ -75,8 +75,9 @@ class DropLoRAArgs(BaseModel):
         json_schema_extra={
             "description": "With `peft_init_lora_weights: milora` or `pissa*`: `original` (default) saves "
             "every adapter (checkpoints and final) as a rank-2r LoRA valid on the original base "
-            "model; `residual` saves the adapter as trained, valid ONLY on the MiLoRA residual "
-            "base W_p (not on the model you started from)."
+            "model; `residual` saves the adapter as trained: MiLoRA's is valid ONLY on the residual base "
+            "W_p (not on the model you started from); PiSSA's keeps `init_lora_weights: pissa`, so PEFT "
+            "rebuilds W_p as it loads it and vLLM refuses it."
         },
     )
 

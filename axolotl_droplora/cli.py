@@ -36,7 +36,7 @@ def make_demo_command(demo_dir: Path, base_model: Path | None):
     help="Also load the adapter on this base model with PEFT and run one forward.",
 )
 def check_adapter_command(adapter_dir: Path, base: Path | None):
-    """Check ADAPTER_DIR is a plain PEFT LoRA adapter (what PEFT, vLLM and merge-lora load)."""
+    """Check ADAPTER_DIR is a PEFT LoRA adapter and say what PEFT, vLLM and merge-lora need to load it."""
     import json
     import re
 
@@ -59,11 +59,12 @@ def check_adapter_command(adapter_dir: Path, base: Path | None):
     if unexpected:
         raise click.ClickException(f"{len(unexpected)} tensors are not PEFT LoRA weights, e.g. {unexpected[0]}")
     modules = sorted({n.split(".lora_A")[0].rsplit(".", 1)[-1] for n in names if ".lora_A." in n})
+    from .model_card import adapter_kind, read_summary, serving_facts, summary_lines, vllm_lines
+
     click.echo(
-        f"{adapter_dir}: plain PEFT LoRA, r={config['r']}, lora_alpha={config['lora_alpha']}, "
+        f"{adapter_dir}: {adapter_kind(config)}, r={config['r']}, lora_alpha={config['lora_alpha']}, "
         f"{sum('.lora_A.' in n for n in names)} LoRA layers on {', '.join(modules)}"
     )
-    from .model_card import read_summary, serving_facts, summary_lines, vllm_lines
 
     summary = read_summary(adapter_dir)  # what the README.md of a run with the plugin says
     for line in (summary_lines(summary) if summary else []) + vllm_lines(serving_facts(config)):

@@ -31,11 +31,17 @@ from .method.lora_layers import scaling, scaling_rule
 DROPLORA_PAPER = "https://arxiv.org/abs/2508.17337"
 MILORA_PAPER = "https://arxiv.org/abs/2406.09044"
 PISSA_PAPER = "https://arxiv.org/abs/2404.02948"
-# vLLM 0.33 accepts only these values of --max-lora-rank; 16 when it is not given
-VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+# What vLLM checks when it loads an adapter, as vLLM 0.32 does it (vllm/config/lora.py,
+# vllm/lora/peft_helper.py) and as scripts/check-vllm.sh ran it (reports/vllm-cpu/report.md).
+# The values --max-lora-rank accepts; 16 when it is not given:
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_DEFAULT_MAX_LORA_RANK = 16
-# inits whose saved weights are an ordinary LoRA that vLLM loads as it is
-VLLM_KNOWN_INITS = (True, False, "gaussian")
+# init_lora_weights strings vLLM serves: inits that only set the starting A and B, so the saved
+# adapter is an ordinary LoRA. Any other string (pissa, pissa_niter_N, olora, corda, loftq, ...)
+# it refuses, because PEFT changes the base weights when it loads such an adapter.
+VLLM_SERVED_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")
+# modules_to_save vLLM serves (classification heads); anything else, e.g. embed_tokens, it refuses
+VLLM_SERVED_MODULES_TO_SAVE = ("classifier", "score")
 BEGIN, END = "<!-- axolotl-droplora: begin", "<!-- axolotl-droplora: end -->"
 MASK_MEANINGS = {
     "element": "an independent draw for every token and rank channel (the authors' code)",
@@ -100,7 +106,7 @@ class Method:
 
 @dataclass
 class ServingFacts:
-    """What vLLM 0.33 needs to serve an adapter, from its adapter_config.json."""
+    """What vLLM needs to serve an adapter, from its adapter_config.json (see VLLM_LORA_RANKS)."""
 
     saved_rank: int
     max_lora_rank: int | None  # the --max-lora-rank to pass; None: larger than vLLM allows
@@ -122,14 +128,46 @@ def serving_facts(adapter_config: dict) -> ServingFacts:
             "use_dora: vLLM refuses DoRA adapters: merge the adapter (`axolotl merge-lora` "
             "or PEFT's merge_and_unload) and serve the merged model"
         )
-    init = adapter_config.get("init_lora_weights", True)
-    if init not in VLLM_KNOWN_INITS:
+    if adapter_config.get("lora_bias"):
+        refusals.append("lora_bias: vLLM refuses LoRA biases: merge the adapter and serve the merged model")
+    extra_modules = [m for m in adapter_config.get("modules_to_save") or [] if m not in VLLM_SERVED_MODULES_TO_SAVE]
+    if extra_modules:
         refusals.append(
-            f"init_lora_weights {init!r}: vLLM refuses an init it does not know (an adapter "
-            f"saved as trained on a residual base): merge it into that base and serve the "
-            f"merged model, or train with svd_init_save_base: original"
+            f"modules_to_save {extra_modules}: vLLM serves only LoRA weights (and classifier/score "
+            f"heads): merge the adapter and serve the merged model"
+        )
+    if changes_base_at_load(adapter_config):
+        refusals.append(
+            f"init_lora_weights {adapter_config['init_lora_weights']!r}: vLLM refuses inits that change "
+            f"the base weights when PEFT loads the adapter (PiSSA, OLoRA, CorDA, LoftQ): merge it with "
+            f"PEFT and serve the merged model, or save it for the original base (svd_init_save_base: "
+            f"original)"
         )
     return ServingFacts(saved, needed, refusals)
+
+
+def changes_base_at_load(adapter_config: dict) -> bool:
+    """True if PEFT changes the base weights when it loads this adapter (its init_lora_weights is
+    PiSSA, OLoRA, CorDA, LoftQ...: every init string vLLM does not serve)."""
+    init = adapter_config.get("init_lora_weights", True)
+    return isinstance(init, str) and init.lower() not in VLLM_SERVED_INITS
+
+
+def adapter_kind(adapter_config: dict) -> str:
+    """What kind of PEFT LoRA an adapter is, in words: "plain PEFT LoRA" only where PEFT, vLLM and
+    merge-lora all load it as W + s·B·A on the base it names."""
+    extras = []
+    if adapter_config.get("use_dora"):
+        extras.append("DoRA (use_dora: a magnitude vector per layer)")
+    if changes_base_at_load(adapter_config):
+        extras.append(
+            f"init_lora_weights {adapter_config['init_lora_weights']!r} (PEFT changes the base weights as it loads it)"
+        )
+    if adapter_config.get("lora_bias"):
+        extras.append("lora_bias")
+    if adapter_config.get("modules_to_save"):
+        extras.append(f"modules_to_save {adapter_config['modules_to_save']}")
+    return "PEFT LoRA with " + ", ".join(extras) if extras else "plain PEFT LoRA"
 
 
 def vllm_lines(facts: ServingFacts) -> list[str]:
@@ -236,6 +274,14 @@ class Card:
                     f"{saved['r']} = 2 × {trained['r']} after {method.init_name} conversion**, "
                     f"lora_alpha {_number(saved['lora_alpha'])} (same scaling)"
                 )
+            elif changes_base_at_load(saved):  # PiSSA: PEFT rebuilds W_p from the config's init
+                lines.append(
+                    f"  - **saved as trained** (`svd_init_save_base: residual`), for the residual base W_p: "
+                    f"its config keeps `init_lora_weights: {saved['init_lora_weights']}`, so PEFT re-runs "
+                    f"{method.init_name} on the base it loads it on and rebuilds W_p; on {self.base_model} "
+                    f"that gives the trained model"
+                    + (" (up to the run-to-run spread of the randomized SVD)" if "_niter_" in method.init else "")
+                )
             else:
                 lines.append(
                     f"  - **saved as trained** (`svd_init_save_base: residual`): valid ONLY on the "
@@ -284,10 +330,10 @@ class Card:
                 "",
             ]
         lines += [f"- {line}" for line in vllm_lines(facts)]
-        if method.init and not method.converted:
+        if method.init and not method.converted and not changes_base_at_load(saved):
             lines.append(
-                f"- on the original {self.base_model} it gives wrong outputs: vLLM has no residual "
-                f"base; serve a model with W_p merged instead"
+                f"- on the original {self.base_model} vLLM loads it and gives wrong outputs (vLLM "
+                f"has no residual base): serve the residual base W_p with it, or a merged model"
             )
         return lines
 
@@ -375,6 +421,11 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(
             f"saved for the original base: rank {summary['saved_rank']} = 2 × {summary['trained_rank']} "
             f"after {method.init_name} conversion"
+        )
+    elif method.init_name == "PiSSA":
+        lines.append(
+            f"saved as trained (svd_init_save_base: residual), for the residual base W_p: PEFT re-runs "
+            f"PiSSA as it loads it, rebuilding W_p from {summary['base_model']}"
         )
     elif method.init:
         lines.append(

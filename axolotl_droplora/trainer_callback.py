@@ -125,6 +125,11 @@ class DropLoRACallback(TrainerCallback):
         if residual_init and self.save_base == "original":
             self.initial_adapter = snapshot_initial_adapter(model)
             LOG.info(f"{residual_init}: saved adapters will be converted to rank 2r on the original base")
+        elif residual_init == "PiSSA":
+            LOG.warning(
+                "PiSSA: saving the residual form: the adapter keeps init_lora_weights 'pissa', so PEFT "
+                "rebuilds the residual base W_p when it loads it; vLLM refuses it"
+            )
         elif residual_init:
             LOG.warning(
                 f"{residual_init}: saving the residual form: the adapter is valid only on "

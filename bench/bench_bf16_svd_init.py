@@ -15,8 +15,9 @@ split, prompted as the demo recipe prompts them). The first row is the yardstick
 against the float32 base, i.e. what bf16 itself changes.
 
 `--steps N` also times N training steps (after one warm-up) of MiLoRA rounded vs exact on the
-bf16 model (batch 4 × 64 tokens, AdamW), and prints the step time ratio: on a shared CPU this is
-indicative only.
+bf16 model (batch 4 × 64 tokens, AdamW), in the order rounded, exact, exact, rounded (so that a
+drift in machine load falls on both), and prints each mode's median step and their ratio; on a
+shared CPU the ratio is indicative only. `--steps-only` skips the table.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def compare(model, base_logits: torch.Tensor, tokens: torch.Tensor) -> tuple[flo
     return float(diff.max()), float(diff.mean()), float(agree)
 
 
-def step_time(model, steps: int, vocab: int) -> float:
+def step_time(model, steps: int, vocab: int) -> list[float]:
     generator = torch.Generator().manual_seed(1)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
@@ -96,21 +97,31 @@ def step_time(model, steps: int, vocab: int) -> float:
         optimizer.zero_grad()
         if step:  # the first step allocates the optimizer state
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="SmolLM2-135M-Instruct (axolotl droplora smollm2)")
     parser.add_argument("--steps", type=int, default=0, help="also time this many training steps (0: no)")
+    parser.add_argument("--steps-only", action="store_true", help="only the step times (needs --steps)")
     args = parser.parse_args()
+    if args.steps_only and not args.steps:
+        parser.error("--steps-only needs --steps N (N > 0)")
+    if not args.steps_only:
+        table(args.model)
+    if args.steps:
+        time_steps(args.model, args.steps)
+
+
+def table(model_dir: Path) -> None:
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    prompts, answers = heldout(args.model)
-    vocab = AutoModelForCausalLM.from_pretrained(args.model).config.vocab_size
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompts, answers = heldout(model_dir)
+    vocab = AutoModelForCausalLM.from_pretrained(model_dir).config.vocab_size
     tokens = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(0))
     print(
-        f"{args.model.name}, LoRA r={RANK} alpha={RANK}, logits on 2x32 random tokens (seed 0), answer loss "
+        f"{model_dir.name}, LoRA r={RANK} alpha={RANK}, logits on 2x32 random tokens (seed 0), answer loss "
         f"on {len(prompts)} held-out questions; torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     header = (
@@ -121,7 +132,7 @@ def main():
     bases = {}
     with torch.no_grad():
         for dtype in (torch.float32, torch.bfloat16):
-            base = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
+            base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
             bases[dtype] = (
                 base(input_ids=tokens).logits.float(),
                 statistics.fmean(answer_nll(base, tokenizer, prompts, answers, batch_size=8)),
@@ -139,7 +150,7 @@ def main():
         base_logits, base_loss = bases[dtype]
         for target_name, targets in TARGETS.items():
             for init_name, kwargs in INITS.items():
-                model = build(args.model, dtype, targets, **kwargs)
+                model = build(model_dir, dtype, targets, **kwargs)
                 worst, mean, agree = compare(model, base_logits, tokens)
                 loss = statistics.fmean(answer_nll(model, tokenizer, prompts, answers, batch_size=8))
                 print(
@@ -148,16 +159,20 @@ def main():
                     flush=True,
                 )
                 del model
-    if args.steps:
-        seconds = {}
-        for name in ("MiLoRA (rounded W_p)", "MiLoRA svd_init_exact"):
-            torch.manual_seed(0)
-            model = build(args.model, torch.bfloat16, TARGETS["q,k,v,up,down"], **INITS[name])
-            seconds[name] = step_time(model, args.steps, vocab)
-            print(f"{name}: median step {seconds[name]:.3f} s over {args.steps} steps (bf16, batch 4x64)")
-            del model
-        ratio = seconds["MiLoRA svd_init_exact"] / seconds["MiLoRA (rounded W_p)"]
-        print(f"step time ratio exact / rounded: {ratio:.3f}")
+
+
+def time_steps(model_dir: Path, steps: int) -> None:
+    vocab = AutoModelForCausalLM.from_pretrained(model_dir).config.vocab_size
+    seconds = {"MiLoRA (rounded W_p)": [], "MiLoRA svd_init_exact": []}
+    for name in ("MiLoRA (rounded W_p)", "MiLoRA svd_init_exact", "MiLoRA svd_init_exact", "MiLoRA (rounded W_p)"):
+        torch.manual_seed(0)
+        model = build(model_dir, torch.bfloat16, TARGETS["q,k,v,up,down"], **INITS[name])
+        seconds[name] += step_time(model, steps, vocab)
+        del model
+    for name, times in seconds.items():
+        print(f"{name}: median step {statistics.median(times):.3f} s over 2 x {steps} steps (bf16, batch 4x64)")
+    ratio = statistics.median(seconds["MiLoRA svd_init_exact"]) / statistics.median(seconds["MiLoRA (rounded W_p)"])
+    print(f"step time ratio exact / rounded: {ratio:.3f}")
 
 
 if __name__ == "__main__":

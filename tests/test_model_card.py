@@ -132,22 +132,78 @@ def residual_pissa_adapter(folder: Path) -> Path:
     return folder
 
 
-def test_a_residual_pissa_card_warns_it_is_valid_only_on_w_p_and_vllm_refuses_it(tmp_path):
-    metadata, body = card_of(residual_pissa_adapter(tmp_path / "adapter"))
+def test_a_residual_pissa_card_says_peft_rebuilds_w_p_and_vllm_refuses_it(tmp_path):
+    """As vLLM 0.32 and PEFT did in reports/vllm-cpu: PEFT re-runs PiSSA as it loads the adapter, so on
+    the original base it gives the trained model; vLLM refuses the init."""
+    import torch
+    from peft import PeftModel
+
+    adapter = residual_pissa_adapter(tmp_path / "adapter")
+    metadata, body = card_of(adapter)
     assert "pissa" in metadata["tags"] and "droplora" not in metadata["tags"]
-    assert "**saved as trained** (`svd_init_save_base: residual`): valid ONLY on the residual base W_p" in body
-    assert "vLLM refuses it as it is: init_lora_weights 'pissa'" in body
+    assert (
+        "**saved as trained** (`svd_init_save_base: residual`), for the residual base W_p: its config keeps "
+        "`init_lora_weights: pissa`, so PEFT re-runs PiSSA on the base it loads it on and rebuilds W_p"
+    ) in body
+    assert "valid ONLY" not in body and "wrong outputs" not in body
+    assert "vLLM refuses it as it is: init_lora_weights 'pissa': vLLM refuses inits that change the base" in body
     assert "vllm serve" not in body  # no command that would not work
 
-    said = check_adapter(tmp_path / "adapter", tmp_path)
-    assert "saved as trained (svd_init_save_base: residual): valid ONLY on the residual base W_p" in said
+    said = check_adapter(adapter, tmp_path)
+    assert f"{adapter}: PEFT LoRA with init_lora_weights 'pissa' (PEFT changes the base weights as it loads it)" in said
+    assert "saved as trained (svd_init_save_base: residual), for the residual base W_p: PEFT re-runs PiSSA" in said
     assert "vLLM refuses it as it is: init_lora_weights 'pissa'" in said
+
+    # what the card claims: vanilla PEFT on the ORIGINAL base gives the model the adapter was saved from
+    trained = PeftModel.from_pretrained(tiny_base_model(), adapter)  # PiSSA re-run, then A, B loaded
+    tokens = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        for name, param in trained.named_parameters():  # a "trained" adapter: move A, B off their init
+            if "lora_" in name:
+                param.add_(0.05 * torch.randn_like(param))
+        expected = trained(input_ids=tokens).logits
+    trained.save_pretrained(tmp_path / "moved")
+    reloaded = PeftModel.from_pretrained(tiny_base_model(), tmp_path / "moved")
+
+    # the same A, B with init_lora_weights true (no rebuild) on the original weights: another model
+    config_file = tmp_path / "moved" / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "init_lora_weights": True}))
+    without_rebuild = PeftModel.from_pretrained(tiny_base_model(), tmp_path / "moved")
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=tokens).logits, expected)
+        assert not torch.allclose(without_rebuild(input_ids=tokens).logits, expected, atol=1e-3)
+
+
+def residual_milora_adapter(folder: Path) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    from axolotl_droplora import DropLoRACallback
+
+    model = get_peft_model(tiny_base_model(), LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    DropLoRACallback(rank_dropout=0.1, milora=True, save_base="residual").prepare(model)
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_a_residual_milora_card_warns_it_is_valid_only_on_w_p_and_vllm_would_serve_it_wrongly(tmp_path):
+    adapter = residual_milora_adapter(tmp_path / "adapter")
+    _, body = card_of(adapter)
+    assert "**saved as trained** (`svd_init_save_base: residual`): valid ONLY on the residual base W_p" in body
+    assert "vLLM loads it and gives wrong outputs (vLLM has no residual base)" in body
+    assert "vLLM refuses" not in body  # its config is an ordinary LoRA's: vLLM has nothing to refuse
+
+    said = check_adapter(adapter, tmp_path)
+    assert f"{adapter}: plain PEFT LoRA, r=4" in said
+    assert "saved as trained (svd_init_save_base: residual): valid ONLY on the residual base W_p" in said
+    assert "vLLM and PEFT on the original base give wrong outputs" in said
 
 
 def test_check_adapter_says_vllm_refuses_dora_and_needs_the_rank(tmp_path):
     tiny_lora_model(use_dora=True).save_pretrained(tmp_path / "dora")  # no card: a stranger's adapter
     said = check_adapter(tmp_path / "dora", tmp_path)
     assert "model card" not in said
+    assert f"{tmp_path / 'dora'}: PEFT LoRA with DoRA (use_dora: a magnitude vector per layer), r=8" in said
+    assert "plain" not in said
     assert "vLLM refuses it as it is: use_dora: vLLM refuses DoRA adapters: merge the adapter" in said
     assert "saved rank 8: vLLM needs --max-lora-rank 8 or more" in said
 
@@ -155,6 +211,8 @@ def test_check_adapter_says_vllm_refuses_dora_and_needs_the_rank(tmp_path):
 @pytest.mark.parametrize(
     "config, rank, needed",
     [
+        ({"r": 1}, 1, 1),  # vLLM 0.32 allows 1 (its pydantic error lists it)
+        ({"r": 2}, 2, 8),
         ({"r": 16}, 16, 16),
         ({"r": 17}, 17, 32),
         ({"r": 300}, 300, 320),
@@ -168,3 +226,35 @@ def test_serving_facts_pick_the_smallest_max_lora_rank_vllm_accepts(config, rank
     facts = serving_facts(config)
     assert (facts.saved_rank, facts.max_lora_rank) == (rank, needed)
     assert bool(facts.refusals) == (needed is None)
+
+
+@pytest.mark.parametrize(
+    "config, refused",
+    [
+        # the inits vLLM 0.32 serves (they only set the starting A, B), whatever their case
+        ({"init_lora_weights": True}, None),
+        ({"init_lora_weights": False}, None),
+        ({"init_lora_weights": "gaussian"}, None),
+        ({"init_lora_weights": "eva"}, None),  # served in reports/vllm-cpu
+        ({"init_lora_weights": "EVA"}, None),
+        ({"init_lora_weights": "orthogonal"}, None),
+        ({"modules_to_save": ["score"]}, None),
+        # refused, as vLLM refused them in reports/vllm-cpu (DoRA, pissa, olora) or reads them in peft_helper.py
+        ({"init_lora_weights": "pissa"}, "init_lora_weights 'pissa': vLLM refuses inits that change the base"),
+        ({"init_lora_weights": "pissa_niter_16"}, "init_lora_weights 'pissa_niter_16': vLLM refuses inits"),
+        ({"init_lora_weights": "olora"}, "init_lora_weights 'olora': vLLM refuses inits"),
+        ({"init_lora_weights": "loftq"}, "init_lora_weights 'loftq': vLLM refuses inits"),
+        ({"use_dora": True}, "use_dora: vLLM refuses DoRA adapters"),
+        ({"lora_bias": True}, "lora_bias: vLLM refuses LoRA biases"),
+        ({"modules_to_save": ["embed_tokens", "lm_head"]}, "modules_to_save ['embed_tokens', 'lm_head']: vLLM serves"),
+    ],
+)
+def test_serving_facts_refuse_what_vllm_refuses_and_name_the_kind(config, refused):
+    from axolotl_droplora.model_card import adapter_kind, serving_facts
+
+    facts = serving_facts({"r": 8, **config})
+    assert len(facts.refusals) == (0 if refused is None else 1)
+    if refused is not None:
+        assert facts.refusals[0].startswith(refused)
+    plain = refused is None and not config.get("modules_to_save")
+    assert (adapter_kind({"r": 8, **config}) == "plain PEFT LoRA") == plain

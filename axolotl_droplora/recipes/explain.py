@@ -216,7 +216,13 @@ def _warnings(cfg, method: Method | None) -> list[str]:
         )
     if method and method.rank_dropout is not None and method.mask_mode == "sequence" and cfg.sample_packing:
         warnings.append(SEQUENCE_MASK_WITH_PACKING)
-    if method and method.init and not method.converted:
+    if method and method.init and not method.converted and method.init_name == "PiSSA":
+        warnings.append(
+            f"svd_init_save_base: residual: every adapter is saved as trained, with init_lora_weights "
+            f"{method.init!r}: PEFT rebuilds the residual base W_p from {cfg.base_model} as it loads it; "
+            f"vLLM refuses it"
+        )
+    elif method and method.init and not method.converted:
         warnings.append(
             f"svd_init_save_base: residual: every adapter is saved as trained, valid ONLY on the "
             f"residual base W_p, not on {cfg.base_model}"
@@ -345,7 +351,11 @@ def render(report: dict) -> str:
         else:
             lines.append(
                 f"{name} init ({method['init']}): saved as trained (svd_init_save_base: residual), "
-                f"valid only on the residual base W_p"
+                + (
+                    "for the residual base W_p, which PEFT rebuilds as it loads it"
+                    if name == "PiSSA"
+                    else "valid only on the residual base W_p"
+                )
             )
     if lora:
         targets = lora["targets"] if isinstance(lora["targets"], str) else ", ".join(lora["targets"])

@@ -99,12 +99,23 @@ def test_milora_saves_are_explained_as_rank_2r_and_pissa_with_dropout_warns(in_t
         "converted": False,
         "vllm_max_lora_rank": 32,
         "vllm_refusals": [
-            "init_lora_weights 'pissa_niter_16': vLLM refuses an init it does not know (an adapter saved as trained "
-            "on a residual base): merge it into that base and serve the merged model, or train with "
-            "svd_init_save_base: original"
+            "init_lora_weights 'pissa_niter_16': vLLM refuses inits that change the base weights when PEFT "
+            "loads the adapter (PiSSA, OLoRA, CorDA, LoftQ): merge it with PEFT and serve the merged model, "
+            "or save it for the original base (svd_init_save_base: original)"
         ],
     }
-    assert any("valid ONLY on the residual base W_p" in warning for warning in residual["warnings"])
+    assert any(
+        "with init_lora_weights 'pissa_niter_16': PEFT rebuilds the residual base W_p" in warning
+        for warning in residual["warnings"]
+    )
+    assert "for the residual base W_p, which PEFT rebuilds as it loads it" in render(residual)
+    # MiLoRA's residual save is an ordinary LoRA config: PEFT and vLLM load it on any base, wrongly
+    milora_residual = explain(write(in_tmp, "math-llama2_7b-milora", svd_init_save_base="residual"))
+    assert milora_residual["saved"]["vllm_refusals"] == []
+    assert any("valid ONLY on the residual base W_p, not on" in warning for warning in milora_residual["warnings"])
+    assert "saved as trained (svd_init_save_base: residual), valid only on the residual base W_p" in render(
+        milora_residual
+    )
 
 
 def test_sequence_masks_with_sample_packing_warn(in_tmp):
