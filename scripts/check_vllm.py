@@ -202,7 +202,7 @@ def build_adapters(base: Path, work: Path) -> None:
     axolotl = shutil.which("axolotl", path=str(Path(sys.executable).parent)) or "axolotl"
     for entry in results["adapters"].values():
         folder = Path(entry["dir"])
-        on = entry.get("residual_base", str(base))
+        on = str(base)  # each card names the original base; PEFT rebuilds PiSSA's W_p from it
         done = subprocess.run(
             [axolotl, "droplora", "check-adapter", str(folder), "--base", on], capture_output=True, text=True, cwd=work
         )
